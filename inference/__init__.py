@@ -1,0 +1,1 @@
+"""Command line, model registry, data loading and evaluation of the PTQ inference simulator."""

