@@ -19,7 +19,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.errors import UserError  # noqa: E402
+from pytorch_quantizer.errors import InputError  # noqa: E402
 from inference.models import list_models  # noqa: E402
+from inference.quant_flags import add_quantization_flags  # noqa: E402
 
 DEFAULT_ARCH = "efficientnet_lite0"
 
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random-init", action="store_true", help="random weights: architecture-only runs (tests, timing)")
     parser.add_argument("--results-json", type=Path, default=None,
                         help="write {arch, top1, top5, loss, images, ...} to this file")
+    add_quantization_flags(parser, positive_int)
     return parser
 
 
@@ -111,26 +114,49 @@ def run(args: argparse.Namespace) -> dict:
     from inference.data import LoaderOptions, evaluation_loader
     from inference.evaluate import evaluate
     from inference.models import create_model, get_model_spec
+    from inference.quant_flags import quant_config_from_args
+    from inference.simulate import require_statistics_file, simulate
 
     if args.results_json is not None and not args.results_json.parent.is_dir():
         raise UserError(f"--results-json {args.results_json}: folder {args.results_json.parent} does not exist")
     if args.weights is not None and args.random_init:
         raise UserError("--weights and --random-init contradict each other; pass only one")
+    spec = get_model_spec(args.arch)
+    config = quant_config_from_args(args, spec)
+    if config is not None:
+        require_statistics_file(args, config)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    spec = get_model_spec(args.arch)
     options = LoaderOptions(args.batch_size, args.workers, args.subset, args.shuffle, args.seed)
     loader = evaluation_loader(spec, args.data, options)
     model = create_model(args.arch, args.weights, args.random_init).to(device)
     start = time.perf_counter()
-    result = evaluate(model, loader, device, args.print_freq, progress=True)
+    extra = {}
+    if config is None:
+        result = evaluate(model, loader, device, args.print_freq, progress=True)
+    else:
+        simulation = simulate(args, spec, model, loader, config, device, options)
+        result = simulation.evaluation
+        extra = {"statistics": simulation.statistics, "statistics_file": simulation.statistics_file,
+                 "calibration": simulation.calibration, "calibration_overlaps_eval": simulation.calibration_overlaps_eval,
+                 **{key: value for key, value in simulation.entropy.items() if key.startswith("avg.")}}
     weights = "random" if args.random_init else str(args.weights or spec.default_weights())
     return {
         "arch": args.arch, "top1": result.top1, "top5": result.top5, "loss": result.loss, "images": result.images,
         "device": str(device), "weights": weights, "data": str(args.data) if args.data else "default",
         "batch_size": args.batch_size, "subset": args.subset, "shuffle": args.shuffle, "seed": args.seed,
+        "quantization": describe(config), **extra,
         "eval_seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def describe(config) -> dict | str:
+    """The resolved recipe as plain data (for the results JSON)."""
+    if config is None:
+        return "fp32"
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(config), default=lambda value: getattr(value, "value", str(value))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,10 +166,16 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args)
         if args.results_json is not None:
             write_json_atomically(args.results_json, results)
-    except UserError as error:
+    except InputError as error:
         print(f"inference_sim.py: error: {error}", file=sys.stderr)
         return 2
     print(f"{results['arch']}: {results['images']} images, weights {results['weights']}, device {results['device']}")
+    if "statistics" in results:
+        print(f"activation statistics: {results['statistics']}")
+    for kind in ("act", "weight"):
+        if f"avg.entropy.{kind}" in results:
+            print(f"Average bit rate: avg.entropy.{kind} - {results[f'avg.entropy.{kind}']:.4f} "
+                  f"(Huffman {results[f'avg.huffman.{kind}']:.4f})")
     print(f" * Prec@1 {results['top1']:.3f} Prec@5 {results['top5']:.3f}")
     return 0
 

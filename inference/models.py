@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from inference.errors import UserError
-from inference.safe_load import safe_torch_load
+from pytorch_quantizer.safe_io import safe_torch_load
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_DIR = REPO_ROOT / "inference" / "checkpoints"

@@ -1,0 +1,146 @@
+"""The seed's quantization flags and their one-time conversion into a frozen QuantConfig."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from inference.errors import UserError
+from inference.models import REPO_ROOT, ModelSpec
+
+DEFAULT_STATS_FOLDER = REPO_ROOT / "statistics"
+STATS_MODES = ("no", "collect", "use")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value:g}")
+    return value
+
+
+def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> None:
+    group = parser.add_argument_group("quantization (Banner et al. recipe)")
+    group.add_argument("--qtype", default=None,
+                       help="activation quantization, intN (N = 1..16) or f32 (default: no quantization)")
+    group.add_argument("-qw", "--qweight", default=None,
+                       help="weight quantization: intN, kmeansN or f32 (default: int8 when --qtype is given, else f32)")
+    group.add_argument("--q_off", "--q-off", dest="q_off", action="store_true",
+                       help="disable quantization: FP32 through the same pipeline (BN folded)")
+    group.add_argument("-pcq_w", "--per-channel-weights", dest="pcq_w", action="store_true", help="per-channel weight quantization")
+    group.add_argument("-pcq_a", "--per-channel-activations", dest="pcq_a", action="store_true",
+                       help="per-channel activation quantization")
+    group.add_argument("-c", "--clipping", default="no",
+                       help="clipping: no, laplace, gaus, Kstd (e.g. 2std), kld, mix, pct, mse (default: no)")
+    group.add_argument("--weight-clipping", default=None, help="clipping of weights (default: the same as -c)")
+    group.add_argument("-baa", "--bit-alloc-act", dest="baa", action="store_true", help="per-channel bit allocation of activations")
+    group.add_argument("-baw", "--bit-alloc-weight", dest="baw", action="store_true", help="per-channel bit allocation of weights")
+    group.add_argument("-bam", "--bit-alloc-rmode", dest="bam", choices=("round", "ceil"), default="round",
+                       help="rounding of allocated bits (default: round)")
+    group.add_argument("-bap", "--bit-alloc-prior", dest="bap", choices=("gaus", "laplace"), default="gaus",
+                       help="prior of bit allocation: alpha_i = sigma_i (gaus) or b_i (laplace) (default: gaus)")
+    group.add_argument("-bata", "--bit-alloc-target-act", dest="bata", type=positive_float, default=None,
+                       help="mean bits of activation allocation, may be fractional (with -mtq: bin allocation)")
+    group.add_argument("-batw", "--bit-alloc-target-weight", dest="batw", type=positive_float, default=None,
+                       help="mean bits of weight allocation, may be fractional (with -mtq: bin allocation)")
+    group.add_argument("-mtq", "--mid-tread-quant", dest="mtq", action="store_true",
+                       help="bin allocation with mid-tread grids where -bata/-batw give a target")
+    group.add_argument("-bcw", "--bias-corr-weight", dest="bcw", action="store_true", help="weight mean correction")
+    group.add_argument("-vcw", "--var-corr-weight", dest="vcw", action="store_true", help="weight variance correction")
+    group.add_argument("-bca", "--bias-corr-act", dest="bca", action="store_true",
+                       help="activation bias correction measured on -cs calibration images")
+    group.add_argument("-s", "--stochastic", action="store_true", help="stochastic rounding (seeded by --seed)")
+    group.add_argument("-hs", "--hw-scale", dest="hs", action="store_true", help="power-of-two scales")
+    group.add_argument("-pz", "--preserve-zero", dest="pz", action="store_true",
+                       help="centre mid-tread grids on 0 (exact zero) instead of the channel mean")
+    group.add_argument("-me", "--measure-entropy", dest="me", action="store_true",
+                       help="entropy and Huffman bit rate of the integer codes per layer and on average")
+    group.add_argument("--act-quant-point", choices=("input", "output"), default="input",
+                       help="quantize activations at Conv/Linear inputs (default) or outputs with ReLU fused (the seed's)")
+    group.add_argument("--keep-8bit", action="append", default=None, metavar="PATTERN",
+                       help="layer-name pattern kept at 8 bits, repeatable (default: the model's first and last layers; "
+                            "'none' for no exception)")
+    group.add_argument("--keep-fp", action="append", default=[], metavar="PATTERN",
+                       help="layer-name pattern left in float, repeatable")
+    stats = parser.add_argument_group("activation statistics")
+    stats.add_argument("-sm", "--stats-mode", dest="sm", choices=STATS_MODES, default="no",
+                       help="no: statistics of each evaluated batch; collect: measure on -cs calibration images, save "
+                            "and use them; use: load them from -sf")
+    stats.add_argument("-sk", "--stats-kind", dest="sk", choices=("mean", "max"), default="mean",
+                       help="reduction over calibration batches: mean of each statistic, or the extremes")
+    stats.add_argument("-sf", "--stats-folder", dest="sf", type=Path, default=DEFAULT_STATS_FOLDER,
+                       help="folder of statistics files (default: statistics/ in the repository)")
+    stats.add_argument("-ac", "--aciq-cal", dest="ac", action="store_true",
+                       help="calibrate activation statistics on -cs calibration images before evaluating (in memory)")
+    stats.add_argument("-cs", "--cal-set-size", dest="cs", type=positive_int, default=5120,
+                       help="calibration images for -sm collect, -ac and -bca (default: 5120)")
+
+
+def parse_bits(text: str | None, flag: str, allow_kmeans: bool = False):
+    from pytorch_quantizer.config import parse_qtype
+
+    if text is None or text == "f32":
+        return None
+    try:
+        return parse_qtype(text, allow_kmeans)
+    except ValueError as error:
+        raise UserError(f"{flag} {text}: {error}") from None
+
+
+def keep_8bit_patterns(args: argparse.Namespace, spec: ModelSpec) -> tuple[str, ...]:
+    if args.keep_8bit is None:
+        return (spec.first_layer, spec.last_layer)
+    return tuple(pattern for pattern in args.keep_8bit if pattern != "none")
+
+
+def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
+    """Convert the flags once into a QuantConfig (None with --q_off or without quantization)."""
+    from pytorch_quantizer.config import (
+        ActQuantPoint, BitRounding, Prior, QuantConfig, StatsKind, TensorQuantSpec, WeightKind,
+    )
+
+    activation_bits = parse_bits(args.qtype, "--qtype")
+    weight_text = args.qweight if args.qweight is not None else ("int8" if args.qtype not in (None, "f32") else None)
+    weight_bits = parse_bits(weight_text, "-qw", allow_kmeans=True)
+    if args.q_off:
+        return None
+    problems = []
+    if args.baa and activation_bits is None:
+        problems.append("-baa needs quantized activations (--qtype intN)")
+    if args.baw and (weight_bits is None or weight_bits[0] != WeightKind.INT):
+        problems.append("-baw needs integer weights (-qw intN)")
+    if args.bata is not None and not args.baa:
+        problems.append("-bata sets the target of activation bit allocation: add -baa")
+    if args.batw is not None and not args.baw:
+        problems.append("-batw sets the target of weight bit allocation: add -baw")
+    if args.mtq and args.bata is None and args.batw is None:
+        problems.append("-mtq (bin allocation) needs a fractional target: add -bata and/or -batw")
+    if problems:
+        raise UserError(problems[0])
+    try:
+        activations = None if activation_bits is None else TensorQuantSpec(
+            activation_bits[1], args.pcq_a, args.clipping, bit_allocation=args.baa,
+            allocation_target=args.bata, bin_allocation=args.mtq and args.bata is not None)
+        weights = None if weight_bits is None else TensorQuantSpec(
+            weight_bits[1], args.pcq_w, args.weight_clipping or args.clipping, bit_allocation=args.baw,
+            allocation_target=args.batw, bin_allocation=args.mtq and args.batw is not None, kind=weight_bits[0])
+        config = QuantConfig(
+            activations=activations, weights=weights, prior=Prior(args.bap), rounding=BitRounding(args.bam),
+            preserve_zero=args.pz, stochastic=args.stochastic, power_of_two_scale=args.hs,
+            bias_correct_weights=args.bcw, variance_correct_weights=args.vcw, bias_correct_activations=args.bca,
+            measure_entropy=args.me, act_quant_point=ActQuantPoint(args.act_quant_point), stats_kind=StatsKind(args.sk),
+            keep_8bit=keep_8bit_patterns(args, spec), keep_fp=tuple(args.keep_fp), seed=args.seed)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if not config.enabled:
+        return None
+    if args.sm != "no" and config.activations is None:
+        raise UserError(f"-sm {args.sm} concerns activation statistics: add --qtype intN")
+    return config
+
+
+def statistics_path(args: argparse.Namespace, per_channel: bool) -> Path:
+    granularity = "per_channel" if per_channel else "per_tensor"
+    return args.sf / f"{args.arch}.{granularity}.{args.act_quant_point}.stats.pt"

@@ -1,0 +1,77 @@
+"""One quantized evaluation: prepare the quantized model, settle activation statistics (on the fly,
+calibrated, collected and saved, or loaded), optional activation bias correction, evaluate."""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from inference.data import LoaderOptions, calibration_data
+from inference.errors import UserError
+from inference.evaluate import EvalResult, evaluate
+from inference.models import ModelSpec
+from inference.quant_flags import statistics_path
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class SimulationResult:
+    evaluation: EvalResult
+    statistics: str
+    calibration: str | None = None
+    calibration_overlaps_eval: bool = False
+    statistics_file: str | None = None
+    entropy: dict[str, float] = field(default_factory=dict)
+    layer_report: list[dict] = field(default_factory=list)
+
+
+def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, loader, config,
+             device: torch.device, options: LoaderOptions, measure_error: bool = False) -> SimulationResult:
+    from pytorch_quantizer.stats_io import StatisticsFile, load_statistics, save_statistics
+    from pytorch_quantizer.transform import QuantizedModel
+
+    example, _ = next(iter(loader))
+    per_channel = config.activations is not None and config.activations.per_channel
+    path = statistics_path(args, per_channel)
+    with QuantizedModel(model, config, example[:2].to(device), measure_error=measure_error) as quantized:
+        layers = sorted(quantized.activation_plans())
+        result = SimulationResult(EvalResult(0, 0, 0, 0), "on the fly (each evaluated batch)")
+        calibration = None
+        if args.sm == "collect" or args.ac or args.bca:
+            calibration = calibration_data(spec, args.data, args.cs, options)
+            result.calibration, result.calibration_overlaps_eval = calibration.source, calibration.overlaps_eval
+        if args.sm == "use":
+            stored = load_statistics(path, args.arch, per_channel, args.act_quant_point, layers)
+            quantized.use_statistics({name: accumulator.reduce(args.sk) for name, accumulator in stored.layers.items()})
+            result.statistics, result.statistics_file = f"from {path} ({stored.calibration_images} images)", str(path)
+        elif args.sm == "collect" or args.ac:
+            accumulators = quantized.collect_statistics(calibration.loader, device)
+            images = min(args.cs, len(calibration.loader.dataset))
+            if args.sm == "collect":
+                clipping = config.activations.clipping
+                save_statistics(StatisticsFile(args.arch, images, per_channel, args.act_quant_point, clipping,
+                                               accumulators), path)
+                result.statistics_file = str(path)
+            quantized.use_statistics({name: accumulator.reduce(args.sk) for name, accumulator in accumulators.items()})
+            result.statistics = f"calibrated on {images} images of {calibration.source}"
+        if args.bca:
+            quantized.correct_activation_bias(calibration.loader, device)
+        result.evaluation = evaluate(quantized.model, loader, device, args.print_freq, progress=True)
+        if config.measure_entropy:
+            result.entropy = quantized.entropy_summary()
+        result.layer_report = quantized.layer_report()
+    if result.calibration_overlaps_eval:
+        LOG.warning("calibration images overlap the evaluated ones: %s", result.calibration)
+    return result
+
+
+def require_statistics_file(args: argparse.Namespace, config) -> None:
+    """-sm use needs an existing file: checked before any work."""
+    if args.sm == "use":
+        path = statistics_path(args, config.activations.per_channel)
+        if not path.is_file():
+            raise UserError(f"-sm use: no statistics file {path} for {args.arch}; run with -sm collect first "
+                            "(same -pcq_a and --act-quant-point) or point -sf at its folder")

@@ -1,0 +1,57 @@
+"""Fake (meta) kernels of the ``ptq_kernels`` ops: output shape, dtype and strides without data,
+for FakeTensor tracing (torch.compile) and ``torch.library.opcheck``.
+
+``register()`` is called by ``kernels.build`` once the library is loaded (the ops must exist); the
+C++ library names this module with ``m.set_python_module("kernels.fake")``.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+QUANTIZE_OPS = ("fake_quant", "quant_codes", "fake_quant_mid_tread", "mid_tread_codes")
+
+
+def _channels(x: torch.Tensor, axis: int) -> int:
+    return 1 if axis < 0 else x.shape[axis]
+
+
+def _check(x: torch.Tensor, axis: int) -> None:
+    torch._check(x.dtype == torch.float32, lambda: f"ptq_kernels: x must be float32, got {x.dtype}")
+    torch._check(-1 <= axis < x.dim(), lambda: f"ptq_kernels: axis {axis} is out of range for a {x.dim()}-d tensor")
+
+
+def quantized_like(x, p0, p1, p2, axis, seed, stochastic):
+    """Same shape and strides as x (a dense layout such as channels_last is kept)."""
+    _check(x, axis)
+    return torch.empty_like(x)
+
+
+def channel_stats(x, axis):
+    """(min, max) float32 and (sum, sum of squares) float64, one entry per channel."""
+    _check(x, axis)
+    channels = _channels(x, axis)
+    return (x.new_empty(channels), x.new_empty(channels),
+            x.new_empty(channels, dtype=torch.float64), x.new_empty(channels, dtype=torch.float64))
+
+
+def channel_mean_abs_dev(x, mean, axis):
+    _check(x, axis)
+    return x.new_empty(_channels(x, axis), dtype=torch.float64)
+
+
+def code_histogram(codes, low, num_bins, axis):
+    _check(codes, axis)
+    shape = (num_bins,) if axis < 0 else (codes.shape[axis], num_bins)
+    return codes.new_empty(shape, dtype=torch.int64)
+
+
+@functools.cache
+def register() -> None:
+    """Register the fake kernels (once per process)."""
+    for name in QUANTIZE_OPS:
+        torch.library.register_fake(f"ptq_kernels::{name}")(quantized_like)
+    torch.library.register_fake("ptq_kernels::channel_stats")(channel_stats)
+    torch.library.register_fake("ptq_kernels::channel_mean_abs_dev")(channel_mean_abs_dev)
+    torch.library.register_fake("ptq_kernels::code_histogram")(code_histogram)

@@ -1,0 +1,229 @@
+"""Clipping methods: each turns statistics (and, for some, the tensor) into a range [lo, hi].
+
+Registry: ``@register_clipping(name)``; ``list_clipping()``; ``get_clipping(name)`` also resolves
+``Kstd`` names (``2std``, ``2.5std``: alpha = K * sigma).
+
+ACIQ (``laplace``, ``gaus``): alpha = r(M') * b (Laplace) or r(M') * sigma (Gaussian), M' = M for
+signed tensors and M + 1 for non-negative ones (the M-bit grid then covers one tail only).
+Signed tensors clip to [mu - alpha, mu + alpha], non-negative ones to [0, max(mu, 0) + alpha];
+both intersected with [min, max].
+
+Methods that need the values themselves (``kld``, ``mix``, ``pct``, ``mse``) implement ``measure``,
+which the statistics observer can run per batch so that offline statistics carry their result.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pytorch_quantizer import aciq
+from pytorch_quantizer.errors import InputError
+from pytorch_quantizer.primitives import fake_quantize_range
+from pytorch_quantizer.stats import TensorStats
+
+RangeFn = Callable[[TensorStats, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
+MeasureFn = Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ClippingMethod:
+    """``clip_range(stats, bits, non_negative) -> (lo, hi)``; ``measure(rows, bits, non_negative)``
+    (rows: the (C, N) view of the tensor) for methods that need the values."""
+
+    name: str
+    clip_range: RangeFn
+    measure: MeasureFn | None = None
+    description: str = ""
+
+    @property
+    def needs_values(self) -> bool:
+        return self.measure is not None
+
+
+_CLIPPING: dict[str, ClippingMethod] = {}
+KSTD_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)std$")
+
+
+def register_clipping(name: str, description: str, measure: MeasureFn | None = None):
+    def decorator(function: RangeFn) -> RangeFn:
+        if name in _CLIPPING:
+            raise ValueError(f"clipping method {name} registered twice")
+        _CLIPPING[name] = ClippingMethod(name, function, measure, description)
+        return function
+    return decorator
+
+
+def list_clipping() -> list[str]:
+    return sorted(_CLIPPING) + ["Kstd"]
+
+
+def get_clipping(name: str) -> ClippingMethod:
+    """The registered method, or a K-sigma method for names like ``2std`` / ``3.5std``."""
+    if name in _CLIPPING:
+        return _CLIPPING[name]
+    match = KSTD_PATTERN.match(name)
+    if match and float(match.group(1)) > 0:
+        factor = float(match.group(1))
+        return ClippingMethod(name, lambda stats, bits, non_negative: ksigma_range(stats, factor, non_negative),
+                              description=f"alpha = {factor:g} sigma")
+    raise InputError(f"unknown clipping method {name!r}; use one of {', '.join(list_clipping())} (e.g. 2std)")
+
+
+def range_around_mean(stats: TensorStats, alpha: torch.Tensor, non_negative: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """[mu - alpha, mu + alpha] (signed) or [0, max(mu, 0) + alpha] (non-negative), within [min, max]."""
+    if non_negative:
+        lo = torch.zeros_like(stats.min)
+        hi = torch.minimum(stats.max, torch.clamp(stats.mean, min=0.0) + alpha)
+    else:
+        lo = torch.maximum(stats.min, stats.mean - alpha)
+        hi = torch.minimum(stats.max, stats.mean + alpha)
+    return lo, hi
+
+
+def effective_bits(bits: torch.Tensor, non_negative: bool) -> torch.Tensor:
+    return bits.float() + 1.0 if non_negative else bits.float()
+
+
+def aciq_alpha(prior: str, stats: TensorStats, bits: torch.Tensor, non_negative: bool) -> torch.Tensor:
+    scale = stats.b if prior == "laplace" else stats.std
+    bits = torch.as_tensor(bits, dtype=torch.float32, device=scale.device).expand_as(scale)
+    return aciq.optimal_ratios(prior, effective_bits(bits, non_negative)) * scale
+
+
+def ksigma_range(stats: TensorStats, factor: float, non_negative: bool):
+    return range_around_mean(stats, factor * stats.std, non_negative)
+
+
+@register_clipping("no", "min/max range, no clipping")
+def no_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
+    lo = torch.zeros_like(stats.min) if non_negative else stats.min
+    return lo, stats.max
+
+
+@register_clipping("laplace", "ACIQ, Laplace prior: alpha = r_L(M) * b")
+def laplace_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
+    return range_around_mean(stats, aciq_alpha("laplace", stats, bits, non_negative), non_negative)
+
+
+@register_clipping("gaus", "ACIQ, Gaussian prior: alpha = r_G(M) * sigma")
+def gaussian_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
+    return range_around_mean(stats, aciq_alpha("gaus", stats, bits, non_negative), non_negative)
+
+
+def measured_range(name: str):
+    """Range read from statistics that ``measure`` produced (stored as extra lo/hi entries)."""
+    def clip_range(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
+        try:
+            return stats.extra[f"{name}.lo"], stats.extra[f"{name}.hi"]
+        except KeyError:
+            raise InputError(f"clipping {name!r} needs statistics measured with it; collect them with -c {name}") from None
+    return clip_range
+
+
+def rows_stats(rows: torch.Tensor) -> TensorStats:
+    from pytorch_quantizer.stats import compute_stats
+
+    return compute_stats(rows, axis=0)
+
+
+def quantization_mse(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Per-row MSE of GEMMLOWP fake quantization over [lo, hi]."""
+    bits = torch.as_tensor(bits, dtype=torch.float32).expand(rows.shape[0])
+    quantized = fake_quantize_range(rows, lo, hi, bits, axis=0)
+    return (quantized - rows).square().mean(dim=1)
+
+
+def measure_mix(rows: torch.Tensor, bits: torch.Tensor, non_negative: bool):
+    """For the whole tensor, the ranges of laplace, gaus or no clipping, whichever has the smallest measured MSE."""
+    stats = rows_stats(rows)
+    candidates = [method(stats, bits, non_negative) for method in (laplace_clipping, gaussian_clipping, no_clipping)]
+    errors = torch.stack([quantization_mse(rows, lo, hi, bits).sum() for lo, hi in candidates])
+    return candidates[int(errors.argmin())]
+
+
+MSE_SEARCH_FRACTIONS = 100
+
+
+def measure_mse(rows: torch.Tensor, bits: torch.Tensor, non_negative: bool, chunk_elements: int = 1 << 24):
+    """Direct MSE search: alpha = f * max|x - mu| for f in (0.01, 0.02, ..., 1.0), all candidates
+    quantized in one batched pass (chunked along candidates to bound memory)."""
+    stats = rows_stats(rows)
+    spread = torch.maximum(stats.max - stats.mean, stats.mean - stats.min) if not non_negative else stats.max
+    fractions = torch.arange(1, MSE_SEARCH_FRACTIONS + 1, dtype=torch.float32, device=rows.device) / MSE_SEARCH_FRACTIONS
+    per_chunk = max(1, chunk_elements // max(rows.numel(), 1))
+    channels = rows.shape[0]
+    bits = torch.as_tensor(bits, dtype=torch.float32, device=rows.device).expand(channels)
+    errors = []
+    for start in range(0, len(fractions), per_chunk):
+        part = fractions[start:start + per_chunk]
+        alphas = part.unsqueeze(1) * spread.unsqueeze(0)
+        count = len(part)
+        lo, hi = range_around_mean(stats.map(lambda value: value.repeat(count)), alphas.reshape(-1), non_negative)
+        stacked = rows.repeat(count, 1)
+        errors.append(quantization_mse(stacked, lo, hi, bits.repeat(count)).reshape(count, channels))
+    best = torch.cat(errors).argmin(dim=0)
+    alpha = fractions[best] * spread
+    return range_around_mean(stats, alpha, non_negative)
+
+
+PERCENTILE = 99.99
+
+
+def measure_percentile(rows: torch.Tensor, bits: torch.Tensor, non_negative: bool):
+    """The 0.01 % and 99.99 % quantiles per row (lower one 0 for non-negative tensors)."""
+    count = rows.shape[1]
+    upper_rank = max(1, min(count, math.ceil(PERCENTILE / 100 * count)))
+    lower_rank = max(1, min(count, math.floor((100 - PERCENTILE) / 100 * count) + 1))
+    hi = rows.kthvalue(upper_rank, dim=1).values
+    lo = torch.zeros_like(hi) if non_negative else rows.kthvalue(lower_rank, dim=1).values
+    return lo, hi
+
+
+KLD_BINS = 2048
+KLD_TARGET_BINS = 128
+
+
+def kl_threshold(magnitudes: torch.Tensor) -> torch.Tensor:
+    """TensorRT-style threshold: the histogram cut (of |x| in 2048 bins) whose 128-level
+    requantization has the smallest KL divergence from the clipped reference distribution."""
+    top = float(magnitudes.max())
+    if top <= 0:
+        return torch.tensor(0.0)
+    histogram = torch.histc(magnitudes.float(), bins=KLD_BINS, min=0.0, max=top).double()
+    width = top / KLD_BINS
+    best_divergence, best_cut = math.inf, KLD_BINS
+    for cut in range(KLD_TARGET_BINS, KLD_BINS + 1, 16):
+        reference = histogram[:cut].clone()
+        reference[cut - 1] += histogram[cut:].sum()
+        groups = torch.tensor_split(histogram[:cut], KLD_TARGET_BINS)
+        candidate = torch.cat([
+            torch.where(group > 0, group.sum() / (group > 0).sum().clamp(min=1), torch.zeros_like(group)) for group in groups
+        ])
+        p = reference / reference.sum()
+        q = candidate / candidate.sum().clamp(min=1e-12)
+        support = p > 0
+        divergence = float((p[support] * torch.log(p[support] / q[support].clamp(min=1e-12))).sum())
+        if divergence < best_divergence:
+            best_divergence, best_cut = divergence, cut
+    return torch.tensor((best_cut + 0.5) * width)
+
+
+def measure_kld(rows: torch.Tensor, bits: torch.Tensor, non_negative: bool):
+    """One KL threshold T for the whole tensor: [-T, T] (or [0, T]) within each row's [min, max]."""
+    stats = rows_stats(rows)
+    threshold = kl_threshold(rows.abs().reshape(-1)).to(rows.device)
+    lo = torch.zeros_like(stats.min) if non_negative else torch.maximum(stats.min, -threshold.expand_as(stats.min))
+    return lo, torch.minimum(stats.max, threshold.expand_as(stats.max))
+
+
+for _name, _measure, _description in (
+    ("mix", measure_mix, "per tensor the best of laplace / gaus / no by measured MSE"),
+    ("mse", measure_mse, "direct search of alpha minimising the measured MSE (100 candidates, one batched pass)"),
+    ("pct", measure_percentile, f"{PERCENTILE} % percentile range"),
+    ("kld", measure_kld, "KL-divergence threshold of the |x| histogram (TensorRT style)"),
+):
+    register_clipping(_name, _description, _measure)(measured_range(_name))

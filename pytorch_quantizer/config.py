@@ -1,0 +1,138 @@
+"""Frozen, validated configuration of a quantization recipe (the CLI converts its flags once).
+
+Enums replace free strings; ``__post_init__`` rejects impossible values and combinations with a
+message that names the fix.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from pytorch_quantizer.clipping import get_clipping
+from pytorch_quantizer.errors import InputError
+
+MIN_BITS, MAX_BITS = 1, 16
+BIT_ALLOCATION_MAX_BITS = 4
+TENSOR_CLIPPING_FOR_ALLOCATION = ("no", "laplace", "gaus")
+
+
+class Prior(str, Enum):
+    GAUS = "gaus"
+    LAPLACE = "laplace"
+
+
+class BitRounding(str, Enum):
+    ROUND = "round"
+    CEIL = "ceil"
+
+
+class StatsKind(str, Enum):
+    MEAN = "mean"
+    MAX = "max"
+
+
+class ActQuantPoint(str, Enum):
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+class WeightKind(str, Enum):
+    INT = "int"
+    KMEANS = "kmeans"
+
+
+QTYPE_PATTERN = re.compile(r"^(int|kmeans)(\d+)$")
+
+
+def parse_qtype(text: str, allow_kmeans: bool = False) -> tuple[WeightKind, int]:
+    """``int4`` -> (INT, 4); ``kmeans4`` -> (KMEANS, 4) where allowed. Bits must be within 1..16."""
+    match = QTYPE_PATTERN.match(text)
+    if not match or (match.group(1) == "kmeans" and not allow_kmeans):
+        kinds = "intN, kmeansN or f32" if allow_kmeans else "intN or f32"
+        raise InputError(f"quantization type {text!r} is not {kinds} (N = {MIN_BITS}..{MAX_BITS}), e.g. int4")
+    bits = int(match.group(2))
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise InputError(f"quantization type {text!r}: bits must be within {MIN_BITS}..{MAX_BITS}")
+    return WeightKind(match.group(1)), bits
+
+
+@dataclass(frozen=True)
+class TensorQuantSpec:
+    """How one kind of tensor (activations or weights) is quantized.
+
+    ``allocation_target``: mean bits of bit allocation (default: ``bits``); with ``bin_allocation``
+    the real-valued target of bin allocation and mid-tread grids.
+    """
+
+    bits: int
+    per_channel: bool = False
+    clipping: str = "no"
+    bit_allocation: bool = False
+    allocation_target: float | None = None
+    bin_allocation: bool = False
+    kind: WeightKind = WeightKind.INT
+
+    def __post_init__(self):
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            raise InputError(f"bits must be within {MIN_BITS}..{MAX_BITS}, got {self.bits}")
+        get_clipping(self.clipping)
+        allocating = self.bit_allocation or self.bin_allocation
+        if allocating and not self.per_channel:
+            raise InputError("bit/bin allocation is per channel: add per-channel quantization (-pcq_a / -pcq_w)")
+        if allocating and self.clipping not in TENSOR_CLIPPING_FOR_ALLOCATION:
+            raise InputError(f"bit/bin allocation clips each channel for its own bit width: use -c laplace, gaus or no, "
+                             f"not {self.clipping}")
+        if self.allocation_target is not None and not 0 < self.allocation_target <= 8:
+            raise InputError(f"allocation target must be within (0, 8] bits, got {self.allocation_target}")
+        if self.bin_allocation and self.allocation_target is None:
+            raise InputError("bin allocation (mid-tread) needs a target: -bata / -batw")
+        if self.allocation_target is not None and not allocating:
+            raise InputError("an allocation target (-bata / -batw) needs bit allocation (-baa / -baw)")
+
+    @property
+    def target_bits(self) -> float:
+        return self.allocation_target if self.allocation_target is not None else float(self.bits)
+
+    def at_bits(self, bits: int) -> "TensorQuantSpec":
+        """The same recipe at ``bits`` without allocation (layers kept at 8 bits)."""
+        return replace(self, bits=bits, bit_allocation=False, bin_allocation=False, allocation_target=None)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """A whole recipe. ``activations`` / ``weights`` None means that kind stays float.
+
+    ``keep_8bit`` / ``keep_fp``: module-name patterns (fnmatch) of layers kept at 8 bits / in float;
+    ``prior`` and ``rounding`` steer bit allocation.
+    """
+
+    activations: TensorQuantSpec | None = None
+    weights: TensorQuantSpec | None = None
+    prior: Prior = Prior.GAUS
+    rounding: BitRounding = BitRounding.ROUND
+    preserve_zero: bool = False
+    stochastic: bool = False
+    power_of_two_scale: bool = False
+    bias_correct_weights: bool = False
+    variance_correct_weights: bool = False
+    bias_correct_activations: bool = False
+    measure_entropy: bool = False
+    act_quant_point: ActQuantPoint = ActQuantPoint.INPUT
+    stats_kind: StatsKind = StatsKind.MEAN
+    keep_8bit: tuple[str, ...] = ()
+    keep_fp: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.bias_correct_weights or self.variance_correct_weights) and self.weights is None:
+            raise InputError("weight bias/variance correction (-bcw/-vcw) needs quantized weights (-qw intN)")
+        if self.weights is not None and self.weights.kind == WeightKind.KMEANS and (
+                self.weights.bit_allocation or self.weights.bin_allocation):
+            raise InputError("k-means weights take no bit allocation: drop -baw/-batw or use -qw intN")
+        if self.bias_correct_activations and not self.enabled:
+            raise InputError("activation bias correction (-bca) needs quantization (--qtype / -qw)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.activations is not None or self.weights is not None

@@ -1,0 +1,93 @@
+"""Structure found by running the model once: which BatchNorm reads which conv's output, and
+which ReLU / ReLU6 reads which conv (or folded BN) output. Found by tensor identity in hooks, so
+it follows the real data flow, not module registration order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+GEMM_LAYERS = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    bn_after_conv: dict[str, str]       # batch norm name -> conv name
+    activation_after: dict[str, type]   # conv name -> ReLU or ReLU6 class applied to its (BN-folded) output
+
+
+@torch.no_grad()
+def trace_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
+    """Run ``model`` once on ``example_input`` and record conv -> BN and conv(/BN) -> ReLU edges."""
+    producers: dict[int, str] = {}   # id of an output tensor -> conv that (with its BN) produced it
+    alive: list[torch.Tensor] = []   # keeps recorded tensors alive so that their ids are not reused
+    bn_after_conv: dict[str, str] = {}
+    activation_after: dict[str, type] = {}
+
+    def conv_output(name):
+        def hook(module, args, output):
+            producers[id(output)] = name
+            alive.append(output)
+        return hook
+
+    def bn_input(name):
+        def hook(module, args):
+            if id(args[0]) in producers:
+                bn_after_conv[name] = producers[id(args[0])]
+        return hook
+
+    def bn_output(name):
+        def hook(module, args, output):
+            if name in bn_after_conv:
+                producers[id(output)] = bn_after_conv[name]
+                alive.append(output)
+        return hook
+
+    def activation_input(module, args):
+        if id(args[0]) in producers:
+            activation_after.setdefault(producers[id(args[0])], type(module))
+
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, GEMM_LAYERS):
+            handles.append(module.register_forward_hook(conv_output(name)))
+        elif isinstance(module, nn.BatchNorm2d):
+            handles.append(module.register_forward_pre_hook(bn_input(name)))
+            handles.append(module.register_forward_hook(bn_output(name)))
+        elif isinstance(module, ACTIVATIONS):
+            handles.append(module.register_forward_pre_hook(activation_input))
+    was_training = model.training
+    try:
+        model.eval()
+        model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return ModelGraph(bn_after_conv, activation_after)
+
+
+def set_submodule(model: nn.Module, name: str, replacement: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, replacement)
+
+
+@torch.no_grad()
+def fold_batch_norms(model: nn.Module, bn_after_conv: dict[str, str]) -> None:
+    """Fold each BN into its conv (in place), the BN becoming Identity:
+
+        g = gamma / sqrt(var + eps);  W' = W * g (per output channel);  b' = (b - mean) * g + beta
+    """
+    for bn_name, conv_name in bn_after_conv.items():
+        bn = model.get_submodule(bn_name)
+        conv = model.get_submodule(conv_name)
+        gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv.weight.copy_(conv.weight * gain.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        folded = (bias - bn.running_mean) * gain + bn.bias
+        conv.bias = nn.Parameter(folded.detach().clone())
+        set_submodule(model, bn_name, nn.Identity())

@@ -1,0 +1,136 @@
+"""Observers: they only collect statistics of activations over batches; turning statistics into
+ranges is the quantizer's job.
+
+Per batch an observer computes ``TensorStats`` (per tensor or per channel) and, for clipping
+methods that need the values, their measured range. Over batches it keeps, exactly mergeable
+across processes, the batch count, the sum of every statistic and its extreme (min for min and
+lower clipping bounds, max for the rest). Two reductions follow:
+
+    mean:  every statistic averaged over batches (the seed's default)
+    max:   min of mins, max of maxes, max of std / b / upper bounds, min of lower bounds,
+           mean averaged (the widest, most conservative ranges)
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pytorch_quantizer.clipping import get_clipping
+from pytorch_quantizer.primitives import channels_first
+from pytorch_quantizer.stats import TensorStats, compute_stats
+
+MINIMUM_KEYS = ("min",)
+
+
+def takes_minimum(name: str) -> bool:
+    return name in MINIMUM_KEYS or name.endswith(".lo")
+
+
+@dataclass(frozen=True)
+class ObservedLayer:
+    """What to observe at one layer: the channel axis (None: per tensor) and, for clipping methods
+    that need the values, the method and the bits to measure them at."""
+
+    axis: int | None
+    clipping: str
+    bits: float
+
+
+class StatsAccumulator:
+    """Batch count, per-statistic sums and extremes; ``reduce(kind)`` gives the final TensorStats."""
+
+    def __init__(self, state: dict[str, torch.Tensor] | None = None):
+        self.state = dict(state) if state else {}
+
+    @property
+    def batches(self) -> int:
+        return int(self.state.get("count", torch.tensor(0)))
+
+    def update(self, stats: TensorStats) -> None:
+        values = {name: value.detach().float().cpu() for name, value in stats.as_dict().items()}
+        if not self.state:
+            self.state["count"] = torch.tensor(0, dtype=torch.int64)
+            for name, value in values.items():
+                self.state[f"sum.{name}"] = torch.zeros_like(value, dtype=torch.float64)
+                self.state[f"ext.{name}"] = value.clone()
+        self.state["count"] += 1
+        for name, value in values.items():
+            self.state[f"sum.{name}"] += value.double()
+            extreme = self.state[f"ext.{name}"]
+            self.state[f"ext.{name}"] = torch.minimum(extreme, value) if takes_minimum(name) else torch.maximum(extreme, value)
+
+    def merge(self, other: "StatsAccumulator") -> None:
+        """Combine with the accumulator of another process or shard (exact: sums add, extremes compare)."""
+        if not other.state:
+            return
+        if not self.state:
+            self.state = {name: value.clone() for name, value in other.state.items()}
+            return
+        for name, value in other.state.items():
+            if name == "count" or name.startswith("sum."):
+                self.state[name] = self.state[name] + value
+            else:
+                key = name[len("ext."):]
+                combine = torch.minimum if takes_minimum(key) else torch.maximum
+                self.state[name] = combine(self.state[name], value)
+
+    def reduce(self, kind: str) -> TensorStats:
+        if not self.state:
+            raise ValueError("no batch was observed")
+        count = float(self.state["count"])
+        names = [name[len("sum."):] for name in self.state if name.startswith("sum.")]
+        values = {}
+        for name in names:
+            average = (self.state[f"sum.{name}"] / count).float()
+            values[name] = average if kind == "mean" or name == "mean" else self.state[f"ext.{name}"]
+        return TensorStats.from_dict(values)
+
+
+def observe(x: torch.Tensor, layer: ObservedLayer) -> TensorStats:
+    """Statistics of one batch at one layer, with measured clipping ranges where the method needs them."""
+    stats = compute_stats(x, layer.axis)
+    method = get_clipping(layer.clipping)
+    if method.needs_values:
+        rows = channels_first(x.detach().float(), layer.axis)
+        bits = torch.full((rows.shape[0],), float(layer.bits))
+        lo, hi = method.measure(rows, bits, stats.non_negative)
+        stats = TensorStats(stats.min, stats.max, stats.mean, stats.std, stats.b,
+                            {f"{method.name}.lo": lo, f"{method.name}.hi": hi})
+    return stats
+
+
+@contextmanager
+def observing(model: nn.Module, layers: dict[str, ObservedLayer], at_output: bool = False,
+              transform_output=None):
+    """Attach observers to the named modules (their inputs, or outputs with ``at_output``) for the
+    duration of the block; yields {name: StatsAccumulator}. Hooks run before any other hook of
+    the module, so they see the values before quantization. ``transform_output(name, y)`` maps an
+    output before observation (e.g. a fused ReLU)."""
+    accumulators = {name: StatsAccumulator() for name in layers}
+    handles = []
+
+    def input_hook(name):
+        def hook(module, args):
+            accumulators[name].update(observe(args[0], layers[name]))
+        return hook
+
+    def output_hook(name):
+        def hook(module, args, output):
+            value = transform_output(name, output) if transform_output else output
+            accumulators[name].update(observe(value, layers[name]))
+        return hook
+
+    for name in layers:
+        module = model.get_submodule(name)
+        if at_output:
+            handles.append(module.register_forward_hook(output_hook(name), prepend=True))
+        else:
+            handles.append(module.register_forward_pre_hook(input_hook(name), prepend=True))
+    try:
+        yield accumulators
+    finally:
+        for handle in handles:
+            handle.remove()

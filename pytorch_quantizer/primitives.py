@@ -1,0 +1,127 @@
+"""Pure quantization functions (no state, no modules).
+
+GEMMLOWP asymmetric quantization of x to M bits over a range [lo, hi]:
+
+    lo <- min(lo, 0), hi <- max(hi, 0)                       (zero must lie in the range)
+    qmin = 0, qmax = 2^M - 1, s = (hi - lo) / qmax           (s = 1 where hi == lo or qmax == 0)
+    s <- 2^ceil(log2 s)                                      (power-of-two scales, optional)
+    z = clamp(round(-lo / s), 0, qmax)                       (zero is exactly representable)
+    q = clamp(round(x * (1/s)) + z, 0, qmax)
+    x_hat = (q - z) * s
+
+``x * (1/s)`` with 1/s rounded to float32 (not ``x / s``) is PyTorch's own convention, so the
+result equals ``torch.fake_quantize_per_{tensor,channel}_affine`` bit for bit. Rounding is to
+nearest, ties to even; stochastic rounding replaces round(v) by floor(v + u), u ~ U[0, 1), which is
+unbiased: E[floor(v + u)] = v.
+
+Mid-tread quantization with a real number of bins B around a centre c with clipping value alpha:
+
+    K = floor((B - 1) / 2), step = alpha / K
+    q = clamp(round((x - c) / step), -K, K), x_hat = c + q * step   (x_hat = c where K = 0)
+
+Per-channel parameters are 1-D tensors broadcast along ``axis``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def broadcast_shape(x: torch.Tensor, axis: int | None) -> tuple[int, ...]:
+    """Shape that broadcasts a per-channel vector along ``axis`` of ``x`` (scalar shape when None)."""
+    if axis is None:
+        return ()
+    shape = [1] * x.dim()
+    shape[axis] = x.shape[axis]
+    return tuple(shape)
+
+
+def channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """View of ``x`` as (C, N): one row per channel of ``axis`` (a single row when axis is None)."""
+    if axis is None:
+        return x.reshape(1, -1)
+    return x.transpose(0, axis).reshape(x.shape[axis], -1)
+
+
+def qmax_for_bits(bits: torch.Tensor | int) -> torch.Tensor:
+    """2^M - 1 as float32 (M may be a per-channel tensor)."""
+    bits = torch.as_tensor(bits, dtype=torch.float32)
+    return torch.exp2(bits) - 1
+
+
+def gemmlowp_params(lo: torch.Tensor, hi: torch.Tensor, bits: torch.Tensor | int,
+                    power_of_two: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scale s, zero point z (float, integer-valued) and qmax for the range [lo, hi] at M bits."""
+    lo = torch.clamp(torch.as_tensor(lo, dtype=torch.float32), max=0.0)
+    hi = torch.clamp(torch.as_tensor(hi, dtype=torch.float32), min=0.0)
+    lo, hi, qmax = torch.broadcast_tensors(lo, hi, qmax_for_bits(bits).to(lo.device))
+    width = hi - lo
+    valid = (width > 0) & (qmax > 0)
+    scale = torch.where(valid, width / torch.where(qmax > 0, qmax, torch.ones_like(qmax)), torch.ones_like(width))
+    if power_of_two:
+        scale = torch.exp2(torch.ceil(torch.log2(scale)))
+    zero_point = torch.clamp(torch.round(-lo / scale), torch.zeros_like(qmax), qmax)
+    return scale, zero_point, qmax
+
+
+def round_values(v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Round to nearest (ties to even), or stochastically with ``generator`` (floor(v + u), u ~ U[0, 1))."""
+    if generator is None:
+        return torch.round(v)
+    noise = torch.rand(v.shape, generator=generator, device=v.device, dtype=v.dtype)
+    return torch.floor(v + noise)
+
+
+def quantize_codes(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmax: torch.Tensor,
+                   axis: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Integer codes q = clamp(round(x * (1/s)) + z, 0, qmax) as float32."""
+    shape = broadcast_shape(x, axis)
+    inv_scale = (1.0 / scale.float()).reshape(shape)
+    z = zero_point.reshape(shape)
+    upper = qmax.reshape(shape)
+    q = round_values(x.float() * inv_scale, generator) + z
+    return torch.minimum(torch.clamp(q, min=0.0), upper)
+
+
+def dequantize_codes(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                     axis: int | None = None) -> torch.Tensor:
+    shape = broadcast_shape(q, axis)
+    return (q - zero_point.reshape(shape)) * scale.float().reshape(shape)
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmax: torch.Tensor,
+                  axis: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Quantize then dequantize with given GEMMLOWP parameters (per tensor, or per channel of ``axis``)."""
+    codes = quantize_codes(x, scale, zero_point, qmax, axis, generator)
+    return dequantize_codes(codes, scale, zero_point, axis).to(x.dtype)
+
+
+def fake_quantize_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: torch.Tensor | int,
+                        axis: int | None = None, power_of_two: bool = False,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """GEMMLOWP fake quantization of ``x`` over the (clipping) range [lo, hi] at ``bits``."""
+    scale, zero_point, qmax = gemmlowp_params(lo, hi, bits, power_of_two)
+    return fake_quantize(x, scale, zero_point, qmax, axis, generator)
+
+
+def mid_tread_half_levels(bins: torch.Tensor) -> torch.Tensor:
+    """K = floor((B - 1) / 2) >= 0: the grid has 2K + 1 levels, the most that fit in B bins symmetrically."""
+    return torch.clamp(torch.floor((torch.as_tensor(bins, dtype=torch.float32) - 1) / 2), min=0.0)
+
+
+def mid_tread_codes(x: torch.Tensor, center: torch.Tensor, alpha: torch.Tensor, bins: torch.Tensor,
+                    axis: int | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed codes q in [-K, K] of the mid-tread grid and its step (alpha / K; 1 where K = 0)."""
+    shape = broadcast_shape(x, axis)
+    half_levels = mid_tread_half_levels(bins).to(x.device)
+    step = torch.where((half_levels > 0) & (alpha > 0), alpha / torch.clamp(half_levels, min=1.0), torch.ones_like(alpha))
+    limit = half_levels.reshape(shape)
+    q = round_values((x.float() - center.reshape(shape)) / step.reshape(shape), generator)
+    return torch.maximum(torch.minimum(q, limit), -limit), step
+
+
+def fake_quantize_mid_tread(x: torch.Tensor, center: torch.Tensor, alpha: torch.Tensor, bins: torch.Tensor,
+                            axis: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mid-tread fake quantization with a (possibly fractional) number of bins per channel."""
+    shape = broadcast_shape(x, axis)
+    q, step = mid_tread_codes(x, center, alpha, bins, axis, generator)
+    return (center.reshape(shape) + q * step.reshape(shape)).to(x.dtype)

@@ -1,0 +1,68 @@
+"""Quantization of one tensor from its statistics: clipping, optional bit or bin allocation,
+GEMMLOWP or mid-tread fake quantization, integer codes for entropy figures.
+
+Bit allocation applies to specs of at most 4 bits (layers kept at 8 bits are not allocated).
+With bin allocation the grid is mid-tread, centred on the channel mean (on 0 with
+``preserve_zero``), with B_i bins and the ACIQ clipping value of log2(B_i) bits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pytorch_quantizer import allocation, primitives
+from pytorch_quantizer.clipping import aciq_alpha, get_clipping
+from pytorch_quantizer.config import BIT_ALLOCATION_MAX_BITS, QuantConfig, TensorQuantSpec
+from pytorch_quantizer.stats import TensorStats
+
+
+@dataclass(frozen=True)
+class QuantOutcome:
+    """Fake-quantized values, integer codes (when asked), bits per channel and the clipping range."""
+
+    values: torch.Tensor
+    codes: torch.Tensor | None
+    bits: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+
+def allocation_scale(stats: TensorStats, config: QuantConfig) -> torch.Tensor:
+    """alpha_i of eq. 10-11: b under a Laplace prior, sigma under a Gaussian one."""
+    return stats.b if config.prior.value == "laplace" else stats.std
+
+
+def mid_tread_alpha(stats: TensorStats, spec: TensorQuantSpec, bits: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    if spec.clipping in ("laplace", "gaus"):
+        return aciq_alpha(spec.clipping, stats, bits, non_negative=False)
+    return torch.maximum(stats.max - center, center - stats.min)
+
+
+def quantize_tensor(x: torch.Tensor, stats: TensorStats, spec: TensorQuantSpec, config: QuantConfig,
+                    axis: int | None, generator: torch.Generator | None = None,
+                    want_codes: bool = False) -> QuantOutcome:
+    """Fake-quantize ``x`` per ``spec`` with statistics ``stats`` (per channel of ``axis``, or per tensor)."""
+    axis = axis if spec.per_channel else None
+    non_negative = stats.non_negative
+    allocate = spec.bits <= BIT_ALLOCATION_MAX_BITS and (spec.bit_allocation or spec.bin_allocation)
+    if allocate and spec.bin_allocation:
+        bins = allocation.allocate_bins(allocation_scale(stats, config), spec.target_bits).to(x.device)
+        bits = torch.log2(bins)
+        center = torch.zeros_like(stats.mean) if config.preserve_zero else stats.mean
+        alpha = mid_tread_alpha(stats, spec, bits, center)
+        codes, step = primitives.mid_tread_codes(x, center, alpha, bins, axis, generator)
+        shape = primitives.broadcast_shape(x, axis)
+        values = (center.reshape(shape) + codes * step.reshape(shape)).to(x.dtype)
+        return QuantOutcome(values, codes if want_codes else None, bits, center - alpha, center + alpha)
+    if allocate:
+        bits = allocation.allocate_bits(allocation_scale(stats, config), spec.target_bits, config.rounding.value)
+    else:
+        bits = torch.full_like(stats.min, float(spec.bits))
+    lo, hi = get_clipping(spec.clipping).clip_range(stats, bits, non_negative)
+    scale, zero_point, qmax = primitives.gemmlowp_params(lo, hi, bits, config.power_of_two_scale)
+    if axis is None:
+        scale, zero_point, qmax = scale.reshape(()), zero_point.reshape(()), qmax.reshape(())
+    codes = primitives.quantize_codes(x, scale, zero_point, qmax, axis, generator)
+    values = primitives.dequantize_codes(codes, scale, zero_point, axis).to(x.dtype)
+    return QuantOutcome(values, codes if want_codes else None, bits, lo, hi)

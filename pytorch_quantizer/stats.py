@@ -1,0 +1,58 @@
+"""Tensor statistics per tensor or per channel, as pure functions.
+
+For the (C, N) view of a tensor (one row per channel, or a single row): min, max, mean,
+std (population, sqrt(E[x^2] - E[x]^2) computed around the mean), and b = E|x - mean| (the
+maximum-likelihood Laplace scale). ``TensorStats`` holds 1-D tensors of length C (1 per tensor).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from pytorch_quantizer.primitives import channels_first
+
+STAT_NAMES = ("min", "max", "mean", "std", "b")
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    min: torch.Tensor
+    max: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    b: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def non_negative(self) -> bool:
+        """True when every observed value is >= 0 (e.g. a ReLU output): the grid then covers one tail."""
+        return bool((self.min >= 0).all())
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        values = {name: getattr(self, name) for name in STAT_NAMES}
+        values.update({f"extra.{name}": value for name, value in self.extra.items()})
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, torch.Tensor]) -> "TensorStats":
+        extra = {name[len("extra."):]: value for name, value in values.items() if name.startswith("extra.")}
+        return cls(**{name: values[name] for name in STAT_NAMES}, extra=extra)
+
+    def map(self, function) -> "TensorStats":
+        return TensorStats(*(function(getattr(self, item.name)) for item in fields(self) if item.name != "extra"),
+                           extra={name: function(value) for name, value in self.extra.items()})
+
+
+def compute_stats(x: torch.Tensor, axis: int | None = None) -> TensorStats:
+    """Statistics of ``x`` per channel of ``axis`` (or of the whole tensor when axis is None)."""
+    rows = channels_first(x.detach().float(), axis)
+    mean = rows.mean(dim=1)
+    centred = rows - mean.unsqueeze(1)
+    return TensorStats(
+        min=rows.amin(dim=1),
+        max=rows.amax(dim=1),
+        mean=mean,
+        std=centred.square().mean(dim=1).sqrt(),
+        b=centred.abs().mean(dim=1),
+    )

@@ -1,0 +1,100 @@
+"""Statistics files: one versioned, data-only file (tensors, strings, numbers; loaded with
+``weights_only=True``) keyed by module name, with the model name, calibration image count,
+per-channel flag, quantization point and library version, and a SHA-256 checksum over all of it.
+Written to a temporary file beside the target and renamed, so a crash never leaves half a file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pytorch_quantizer import __version__
+from pytorch_quantizer.errors import InputError
+from pytorch_quantizer.observers import StatsAccumulator
+from pytorch_quantizer.safe_io import safe_torch_load
+
+FORMAT = "ptq-statistics"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StatisticsFile:
+    model: str
+    calibration_images: int
+    per_channel: bool
+    act_quant_point: str
+    clipping: str
+    layers: dict[str, StatsAccumulator]
+    library_version: str = __version__
+
+
+def checksum(metadata: dict, layers: dict[str, dict[str, torch.Tensor]]) -> str:
+    digest = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
+    for layer in sorted(layers):
+        for key in sorted(layers[layer]):
+            tensor = layers[layer][key].detach().cpu().contiguous()
+            digest.update(f"{layer}/{key}/{tensor.dtype}/{tuple(tensor.shape)}".encode())
+            digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def metadata_of(statistics: StatisticsFile) -> dict:
+    return {"format": FORMAT, "version": FORMAT_VERSION, "library_version": statistics.library_version,
+            "model": statistics.model, "calibration_images": statistics.calibration_images,
+            "per_channel": statistics.per_channel, "act_quant_point": statistics.act_quant_point,
+            "clipping": statistics.clipping}
+
+
+def save_statistics(statistics: StatisticsFile, path: Path) -> None:
+    """Write atomically: temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layers = {name: dict(accumulator.state) for name, accumulator in statistics.layers.items()}
+    metadata = metadata_of(statistics)
+    payload = {**metadata, "layers": layers, "checksum": checksum(metadata, layers)}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_statistics(path: Path, model: str, per_channel: bool, act_quant_point: str,
+                    layers: list[str]) -> StatisticsFile:
+    """Load and check a statistics file against the run that wants to use it."""
+    fix = f"collect statistics for {model} again with -sm collect"
+    if not path.is_file():
+        raise InputError(f"statistics file {path} does not exist; {fix}")
+    payload = safe_torch_load(path, fix)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"{path} is not a statistics file of this tool; {fix}")
+    if payload.get("version") != FORMAT_VERSION:
+        raise InputError(f"{path} has statistics format version {payload.get('version')}, this tool reads {FORMAT_VERSION}; {fix}")
+    stored_layers = payload.get("layers")
+    metadata = {key: payload.get(key) for key in metadata_of(StatisticsFile("", 0, False, "", "", {}))}
+    if not isinstance(stored_layers, dict) or payload.get("checksum") != checksum(metadata, stored_layers):
+        raise InputError(f"{path} fails its checksum (modified or damaged); {fix}")
+    if payload["model"] != model:
+        raise InputError(f"{path} holds statistics of model {payload['model']}, not {model}; {fix}")
+    if payload["per_channel"] != per_channel:
+        stored = "per-channel" if payload["per_channel"] else "per-tensor"
+        raise InputError(f"{path} holds {stored} statistics but this run quantizes activations "
+                         f"{'per channel' if per_channel else 'per tensor'}; match -pcq_a or {fix}")
+    if payload["act_quant_point"] != act_quant_point:
+        raise InputError(f"{path} was collected at activation point {payload['act_quant_point']}, this run uses "
+                         f"{act_quant_point}; match --act-quant-point or {fix}")
+    missing = [name for name in layers if name not in stored_layers]
+    if missing:
+        raise InputError(f"{path} lacks statistics of layer {missing[0]} ({len(missing)} missing); {fix}")
+    return StatisticsFile(payload["model"], int(payload["calibration_images"]), bool(payload["per_channel"]),
+                          payload["act_quant_point"], payload["clipping"],
+                          {name: StatsAccumulator(state) for name, state in stored_layers.items()},
+                          payload["library_version"])

@@ -1,0 +1,356 @@
+"""Model transformation: a quantized copy of a model inside a context manager.
+
+On entry: deep copy (unless ``inplace``), BatchNorm folded into the preceding convs, a plan per
+Conv/Linear layer from the config and name patterns, weights quantized once (with bias/variance
+correction), activation hooks attached keyed by module name: forward pre-hooks quantize the input
+of every GEMM (default), or forward hooks quantize Conv/Linear outputs with a following ReLU/ReLU6
+fused (``act_quant_point=output``, the seed's convention). On exit the hooks are removed.
+
+Activation statistics come from each batch on the fly, or from ``use_statistics`` (offline).
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pytorch_quantizer.bias_correction import correct_weights
+from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec, WeightKind
+from pytorch_quantizer.entropy import huffman_bits_per_symbol, shannon_entropy, weighted_average
+from pytorch_quantizer.errors import InputError
+from pytorch_quantizer.graph import GEMM_LAYERS, fold_batch_norms, trace_graph
+from pytorch_quantizer.kmeans import kmeans_quantize
+from pytorch_quantizer.observers import ObservedLayer, StatsAccumulator, observe, observing
+from pytorch_quantizer.quantizer import quantize_tensor
+from pytorch_quantizer.stats import TensorStats
+
+CODE_OFFSET = 1 << 16  # mid-tread codes are signed; histograms index code + offset
+ACTIVATION_AXIS = 1
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    name: str
+    layer_type: str
+    activation: TensorQuantSpec | None
+    weight: TensorQuantSpec | None
+    fused_activation: type | None = None
+
+
+@dataclass
+class LayerMeasures:
+    """Running figures of one layer and tensor kind: code histogram, element count, squared error."""
+
+    histogram: torch.Tensor | None = None
+    elements: int = 0
+    squared_error: float = 0.0
+    signal_energy: float = 0.0
+    mean_bits: float = float("nan")
+    clip_mean: float = float("nan")
+    error_measured: bool = False
+
+    def add_codes(self, codes: torch.Tensor) -> None:
+        counts = torch.bincount((codes.detach().reshape(-1).long() + CODE_OFFSET).cpu())
+        if self.histogram is None:
+            self.histogram = counts
+        else:
+            size = max(len(self.histogram), len(counts))
+            self.histogram = nn.functional.pad(self.histogram, (0, size - len(self.histogram))) + \
+                nn.functional.pad(counts, (0, size - len(counts)))
+
+    def add_error(self, reference: torch.Tensor, quantized: torch.Tensor) -> None:
+        self.error_measured = True
+        self.squared_error += float((quantized.float() - reference.float()).square().sum())
+        self.signal_energy += float(reference.float().square().sum())
+
+    @property
+    def mse(self) -> float:
+        return self.squared_error / self.elements if self.elements and self.error_measured else float("nan")
+
+    @property
+    def sqnr_db(self) -> float:
+        if not self.elements or not self.error_measured:
+            return float("nan")
+        if self.squared_error == 0:
+            return float("inf")
+        return 10 * math.log10(max(self.signal_energy, 1e-30) / self.squared_error)
+
+    @property
+    def entropy(self) -> float:
+        return shannon_entropy(self.histogram.numpy()) if self.histogram is not None else float("nan")
+
+    @property
+    def huffman(self) -> float:
+        return huffman_bits_per_symbol(self.histogram.numpy()) if self.histogram is not None else float("nan")
+
+
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def kept_at(spec: TensorQuantSpec | None, bits: int) -> TensorQuantSpec | None:
+    if spec is None or (spec.bits >= bits and not spec.bit_allocation and not spec.bin_allocation):
+        return spec
+    return spec.at_bits(bits)
+
+
+def plan_layers(model: nn.Module, config: QuantConfig, fused: dict[str, type]) -> dict[str, LayerPlan]:
+    """One plan per Conv2d/Linear: float where ``keep_fp`` matches, 8 bits where ``keep_8bit`` does."""
+    plans = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, GEMM_LAYERS):
+            continue
+        activation, weight = config.activations, config.weights
+        if matches(name, config.keep_fp):
+            activation = weight = None
+        elif matches(name, config.keep_8bit):
+            activation, weight = kept_at(activation, 8), kept_at(weight, 8)
+        fused_activation = fused.get(name) if config.act_quant_point == ActQuantPoint.OUTPUT else None
+        plans[name] = LayerPlan(name, type(module).__name__, activation, weight, fused_activation)
+    return plans
+
+
+@dataclass
+class QuantizedModel:
+    """``with QuantizedModel(model, config, example_input) as quantized: quantized.model(x)``."""
+
+    source: nn.Module
+    config: QuantConfig
+    example_input: torch.Tensor
+    inplace: bool = False
+    measure_error: bool = False
+    model: nn.Module = field(init=False)
+    plans: dict[str, LayerPlan] = field(init=False, default_factory=dict)
+    activation_stats: dict[str, TensorStats] | None = field(init=False, default=None)
+    weight_measures: dict[str, LayerMeasures] = field(init=False, default_factory=dict)
+    activation_measures: dict[str, LayerMeasures] = field(init=False, default_factory=dict)
+    float_params: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self):
+        self._handles = []
+        self._bypass = False
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def __enter__(self) -> "QuantizedModel":
+        self.model = self.source if self.inplace else copy.deepcopy(self.source)
+        self.model.eval()
+        graph = trace_graph(self.model, self.example_input)
+        fold_batch_norms(self.model, graph.bn_after_conv)
+        self.plans = plan_layers(self.model, self.config, graph.activation_after)
+        for name, plan in self.plans.items():
+            module = self.model.get_submodule(name)
+            bias = module.bias.detach().clone() if module.bias is not None else None
+            self.float_params[name] = (module.weight.detach().clone(), bias)
+            if plan.weight is not None:
+                self.quantize_weight(name, module, plan.weight)
+        for name, plan in self.activation_plans().items():
+            module = self.model.get_submodule(name)
+            self.activation_measures[name] = LayerMeasures()
+            if self.at_output:
+                self._handles.append(module.register_forward_hook(self.output_hook(name)))
+            else:
+                self._handles.append(module.register_forward_pre_hook(self.input_hook(name)))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @property
+    def at_output(self) -> bool:
+        return self.config.act_quant_point == ActQuantPoint.OUTPUT
+
+    def activation_plans(self) -> dict[str, LayerPlan]:
+        return {name: plan for name, plan in self.plans.items() if plan.activation is not None}
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        if not self.config.stochastic:
+            return None
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.config.seed)
+        return self._generators[device]
+
+    # --- weights -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def quantize_weight(self, name: str, module: nn.Module, spec: TensorQuantSpec) -> None:
+        weight = module.weight.detach()
+        measures = LayerMeasures(elements=weight.numel())
+        if spec.kind == WeightKind.KMEANS:
+            values, codes = kmeans_quantize(weight, spec.bits, spec.per_channel, self.config.seed)
+            measures.mean_bits = float(spec.bits)
+        else:
+            layer = ObservedLayer(0 if spec.per_channel else None, spec.clipping, spec.bits)
+            outcome = quantize_tensor(weight, observe(weight, layer), spec, self.config, axis=0,
+                                      generator=self.generator(weight.device), want_codes=True)
+            values, codes = outcome.values, outcome.codes
+            measures.mean_bits = float(outcome.bits.float().mean())
+            measures.clip_mean = float(((outcome.hi - outcome.lo) / 2).mean())
+        if self.config.bias_correct_weights or self.config.variance_correct_weights:
+            values = correct_weights(weight, values, self.config.bias_correct_weights, self.config.variance_correct_weights)
+        measures.add_codes(codes)
+        measures.add_error(weight, values)
+        self.weight_measures[name] = measures
+        module.weight.data.copy_(values)
+
+    # --- activations ---------------------------------------------------------------------
+
+    def observed_layers(self) -> dict[str, ObservedLayer]:
+        """What statistics collection must observe for this plan (per layer axis, clipping, bits)."""
+        return {name: ObservedLayer(ACTIVATION_AXIS if plan.activation.per_channel else None,
+                                    plan.activation.clipping, plan.activation.bits)
+                for name, plan in self.activation_plans().items()}
+
+    def use_statistics(self, stats: dict[str, TensorStats] | None) -> None:
+        """Quantize activations with these statistics (offline) instead of each batch's (None)."""
+        if stats is not None:
+            missing = [name for name in self.activation_plans() if name not in stats]
+            if missing:
+                raise InputError(f"no statistics for layer {missing[0]} ({len(missing)} missing); collect them again")
+        self.activation_stats = stats
+
+    def fused_output(self, name: str, output: torch.Tensor) -> torch.Tensor:
+        fused = self.plans[name].fused_activation
+        if fused is nn.ReLU:
+            return torch.relu(output)
+        if fused is nn.ReLU6:
+            return torch.clamp(output, 0.0, 6.0)
+        return output
+
+    @torch.no_grad()
+    def quantize_activation(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        plan = self.plans[name]
+        spec = plan.activation
+        if self.activation_stats is not None:
+            stats = self.activation_stats[name]
+        else:
+            stats = observe(x, ObservedLayer(ACTIVATION_AXIS if spec.per_channel else None, spec.clipping, spec.bits))
+        outcome = quantize_tensor(x, stats, spec, self.config, axis=ACTIVATION_AXIS,
+                                  generator=self.generator(x.device), want_codes=self.config.measure_entropy)
+        measures = self.activation_measures[name]
+        measures.elements += x.numel()
+        measures.mean_bits = float(outcome.bits.float().mean())
+        measures.clip_mean = float(((outcome.hi - outcome.lo) / 2).mean())
+        if outcome.codes is not None:
+            measures.add_codes(outcome.codes)
+        if self.measure_error:
+            measures.add_error(x, outcome.values)
+        return outcome.values
+
+    def input_hook(self, name: str):
+        def hook(module, args):
+            if self._bypass:
+                return None
+            return (self.quantize_activation(name, args[0]),) + tuple(args[1:])
+        return hook
+
+    def output_hook(self, name: str):
+        def hook(module, args, output):
+            if self._bypass:
+                return None
+            return self.quantize_activation(name, self.fused_output(name, output))
+        return hook
+
+    # --- statistics collection and activation bias correction ------------------------------
+
+    def collect_statistics(self, batches, device: torch.device) -> dict[str, StatsAccumulator]:
+        """Run ``batches`` through the quantized model with on-the-fly statistics and observe each
+        layer's activations before quantization (the statistics offline use will reproduce)."""
+        previous = self.activation_stats
+        self.activation_stats = None
+        try:
+            with observing(self.model, self.observed_layers(), self.at_output, self.fused_output) as accumulators:
+                with torch.inference_mode():
+                    for inputs, _ in batches:
+                        self.model(inputs.to(device))
+        finally:
+            self.activation_stats = previous
+        return accumulators
+
+    @torch.no_grad()
+    def correct_activation_bias(self, batches, device: torch.device) -> dict[str, torch.Tensor]:
+        """-bca: per output channel, the mean of (float layer output - quantized layer output) over
+        ``batches``, both computed from the same (quantized) layer input, added to the layer bias."""
+        raw_inputs: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        handles = []
+
+        def keep_input(name):
+            def hook(module, args):
+                if not self._bypass:
+                    raw_inputs[name] = args[0]
+            return hook
+
+        def measure(name):
+            def hook(module, args, output):
+                if self._bypass:
+                    return
+                weight, bias = self.float_params[name]
+                self._bypass = True
+                try:
+                    reference = torch.func.functional_call(module, {"weight": weight, "bias": bias}, (raw_inputs[name],))
+                finally:
+                    self._bypass = False
+                difference = (reference - output).transpose(0, 1).reshape(output.shape[1], -1)
+                sums[name] = sums.get(name, 0) + difference.double().sum(dim=1)
+                counts[name] = counts.get(name, 0) + difference.shape[1]
+            return hook
+
+        for name, plan in self.plans.items():
+            if plan.weight is None and plan.activation is None:
+                continue
+            module = self.model.get_submodule(name)
+            handles.append(module.register_forward_pre_hook(keep_input(name), prepend=True))
+            handles.append(module.register_forward_hook(measure(name), prepend=True))
+        try:
+            for inputs, _ in batches:
+                self.model(inputs.to(device))
+        finally:
+            for handle in handles:
+                handle.remove()
+        corrections = {}
+        for name, total in sums.items():
+            module = self.model.get_submodule(name)
+            correction = (total / counts[name]).to(module.weight.dtype)
+            if module.bias is None:
+                module.bias = nn.Parameter(torch.zeros_like(correction))
+            module.bias.add_(correction)
+            corrections[name] = correction
+        return corrections
+
+    # --- results ------------------------------------------------------------------------
+
+    def entropy_summary(self) -> dict[str, float]:
+        """Per-layer entropy / Huffman bits and their element-weighted averages."""
+        summary = {}
+        for kind, measures in (("act", self.activation_measures), ("weight", self.weight_measures)):
+            measured = {name: m for name, m in measures.items() if m.histogram is not None and m.elements}
+            if not measured:
+                continue
+            entropies = {name: m.entropy for name, m in measured.items()}
+            huffman = {name: m.huffman for name, m in measured.items()}
+            elements = {name: m.elements for name, m in measured.items()}
+            summary[f"avg.entropy.{kind}"] = weighted_average(entropies, elements)
+            summary[f"avg.huffman.{kind}"] = weighted_average(huffman, elements)
+            for name in measured:
+                summary[f"entropy.{kind}.{name}"] = entropies[name]
+        return summary
+
+    def layer_report(self) -> list[dict]:
+        rows = []
+        for name, plan in self.plans.items():
+            for kind, spec, measures in (("weight", plan.weight, self.weight_measures.get(name)),
+                                         ("activation", plan.activation, self.activation_measures.get(name))):
+                if spec is None or measures is None:
+                    continue
+                rows.append({"layer": name, "type": plan.layer_type, "tensor": kind, "bits": measures.mean_bits,
+                             "clipping": spec.clipping, "clip_value": measures.clip_mean, "mse": measures.mse,
+                             "sqnr_db": measures.sqnr_db, "entropy": measures.entropy, "huffman": measures.huffman,
+                             "elements": measures.elements})
+        return rows
