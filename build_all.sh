@@ -38,4 +38,8 @@ if [ ! -f "$fmnist/t10k-images-idx3-ubyte.gz" ]; then
   fi
 fi
 
+# fused kernels: the CPU extension always, the CUDA one when torch has CUDA, nvcc exists and a GPU is visible
+# (JIT build with ninja; an up-to-date build only checks its fingerprint)
+"$venv/bin/python" kernels/build.py
+
 echo "build_all: ready ($venv/bin/python)"

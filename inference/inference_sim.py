@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random-init", action="store_true", help="random weights: architecture-only runs (tests, timing)")
     parser.add_argument("--results-json", type=Path, default=None,
                         help="write {arch, top1, top5, loss, images, ...} to this file")
+    parser.add_argument("--backend", choices=("auto", "kernels", "reference"), default="auto",
+                        help="fake-quantization arithmetic: the fused C++/CUDA kernels, the pure-PyTorch reference, "
+                             "or auto (kernels when built, else reference with a warning; default)")
     add_quantization_flags(parser, positive_int)
     return parser
 
@@ -121,8 +124,11 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"--results-json {args.results_json}: folder {args.results_json.parent} does not exist")
     if args.weights is not None and args.random_init:
         raise UserError("--weights and --random-init contradict each other; pass only one")
+    from pytorch_quantizer import backend
+
     spec = get_model_spec(args.arch)
     config = quant_config_from_args(args, spec)
+    backend.set_backend(args.backend)
     if config is not None:
         require_statistics_file(args, config)
     device = resolve_device(args.device)
@@ -145,7 +151,7 @@ def run(args: argparse.Namespace) -> dict:
         "arch": args.arch, "top1": result.top1, "top5": result.top5, "loss": result.loss, "images": result.images,
         "device": str(device), "weights": weights, "data": str(args.data) if args.data else "default",
         "batch_size": args.batch_size, "subset": args.subset, "shuffle": args.shuffle, "seed": args.seed,
-        "quantization": describe(config), **extra,
+        "quantization": describe(config), "backend": backend.active_backend() if config else "none (fp32)", **extra,
         "eval_seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{results['arch']}: {results['images']} images, weights {results['weights']}, device {results['device']}")
     if "statistics" in results:
-        print(f"activation statistics: {results['statistics']}")
+        print(f"activation statistics: {results['statistics']}; backend: {results['backend']}")
     for kind in ("act", "weight"):
         if f"avg.entropy.{kind}" in results:
             print(f"Average bit rate: avg.entropy.{kind} - {results[f'avg.entropy.{kind}']:.4f} "

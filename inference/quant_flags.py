@@ -107,6 +107,8 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
     if args.q_off:
         return None
     problems = []
+    if args.sm != "no" and activation_bits is None:
+        problems.append(f"-sm {args.sm} concerns activation statistics: add --qtype intN")
     if args.baa and activation_bits is None:
         problems.append("-baa needs quantized activations (--qtype intN)")
     if args.baw and (weight_bits is None or weight_bits[0] != WeightKind.INT):
@@ -134,11 +136,7 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
             keep_8bit=keep_8bit_patterns(args, spec), keep_fp=tuple(args.keep_fp), seed=args.seed)
     except ValueError as error:
         raise UserError(str(error)) from None
-    if not config.enabled:
-        return None
-    if args.sm != "no" and config.activations is None:
-        raise UserError(f"-sm {args.sm} concerns activation statistics: add --qtype intN")
-    return config
+    return config if config.enabled else None
 
 
 def statistics_path(args: argparse.Namespace, per_channel: bool) -> Path:

@@ -195,4 +195,4 @@ def compute_stats(x: torch.Tensor, axis: int | None = None) -> stats.TensorStats
     mean = total / count
     std = torch.clamp(total_sq / count - mean * mean, min=0.0).sqrt()
     b = torch.ops.ptq_kernels.channel_mean_abs_dev(values, mean, op_axis)
-    return stats.TensorStats(min=minimum, max=maximum, mean=mean.float(), std=std.float(), b=b.float())
+    return stats.TensorStats(min=minimum.float(), max=maximum.float(), mean=mean.float(), std=std.float(), b=b.float())

@@ -184,22 +184,22 @@ def measure_percentile(rows: torch.Tensor, bits: torch.Tensor, non_negative: boo
 
 
 KLD_BINS = 2048
-KLD_TARGET_BINS = 128
 
 
-def kl_threshold(magnitudes: torch.Tensor) -> torch.Tensor:
-    """TensorRT-style threshold: the histogram cut (of |x| in 2048 bins) whose 128-level
-    requantization has the smallest KL divergence from the clipped reference distribution."""
+def kl_threshold(magnitudes: torch.Tensor, levels: int = 128) -> torch.Tensor:
+    """TensorRT-style threshold: the histogram cut (of |x| in 2048 bins) whose requantization to
+    ``levels`` levels has the smallest KL divergence from the clipped reference distribution
+    (TensorRT's 128 are the levels of one sign at 8 bits; M bits give 2^(M-1), or 2^M when x >= 0)."""
     top = float(magnitudes.max())
     if top <= 0:
         return torch.tensor(0.0)
     histogram = torch.histc(magnitudes.float(), bins=KLD_BINS, min=0.0, max=top).double()
     width = top / KLD_BINS
     best_divergence, best_cut = math.inf, KLD_BINS
-    for cut in range(KLD_TARGET_BINS, KLD_BINS + 1, 16):
+    for cut in range(levels, KLD_BINS + 1, 16):
         reference = histogram[:cut].clone()
         reference[cut - 1] += histogram[cut:].sum()
-        groups = torch.tensor_split(histogram[:cut], KLD_TARGET_BINS)
+        groups = torch.tensor_split(histogram[:cut], levels)
         candidate = torch.cat([
             torch.where(group > 0, group.sum() / (group > 0).sum().clamp(min=1), torch.zeros_like(group)) for group in groups
         ])
@@ -215,7 +215,9 @@ def kl_threshold(magnitudes: torch.Tensor) -> torch.Tensor:
 def measure_kld(rows: torch.Tensor, bits: torch.Tensor, non_negative: bool):
     """One KL threshold T for the whole tensor: [-T, T] (or [0, T]) within each row's [min, max]."""
     stats = rows_stats(rows)
-    threshold = kl_threshold(rows.abs().reshape(-1)).to(rows.device)
+    top_bits = int(torch.as_tensor(bits).max())
+    levels = max(2, min(KLD_BINS // 2, 2 ** (top_bits if non_negative else top_bits - 1)))
+    threshold = kl_threshold(rows.abs().reshape(-1), levels).to(rows.device)
     lo = torch.zeros_like(stats.min) if non_negative else torch.maximum(stats.min, -threshold.expand_as(stats.min))
     return lo, torch.minimum(stats.max, threshold.expand_as(stats.max))
 

@@ -20,7 +20,8 @@ from torch import nn
 
 from pytorch_quantizer.clipping import get_clipping
 from pytorch_quantizer.primitives import channels_first
-from pytorch_quantizer.stats import TensorStats, compute_stats
+from pytorch_quantizer.backend import compute_stats
+from pytorch_quantizer.stats import TensorStats
 
 MINIMUM_KEYS = ("min",)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pytorch_quantizer import allocation, primitives
+from pytorch_quantizer import allocation, backend, primitives
 from pytorch_quantizer.clipping import aciq_alpha, get_clipping
 from pytorch_quantizer.config import BIT_ALLOCATION_MAX_BITS, QuantConfig, TensorQuantSpec
 from pytorch_quantizer.stats import TensorStats
@@ -40,9 +40,11 @@ def mid_tread_alpha(stats: TensorStats, spec: TensorQuantSpec, bits: torch.Tenso
 
 
 def quantize_tensor(x: torch.Tensor, stats: TensorStats, spec: TensorQuantSpec, config: QuantConfig,
-                    axis: int | None, generator: torch.Generator | None = None,
-                    want_codes: bool = False) -> QuantOutcome:
-    """Fake-quantize ``x`` per ``spec`` with statistics ``stats`` (per channel of ``axis``, or per tensor)."""
+                    axis: int | None, seed: int | None = None, want_codes: bool = False) -> QuantOutcome:
+    """Fake-quantize ``x`` per ``spec`` with statistics ``stats`` (per channel of ``axis``, or per tensor).
+
+    ``seed`` selects stochastic rounding (None: round to nearest). The arithmetic runs on the
+    active backend (fused kernels or the pure-PyTorch reference)."""
     axis = axis if spec.per_channel else None
     non_negative = stats.non_negative
     allocate = spec.bits <= BIT_ALLOCATION_MAX_BITS and (spec.bit_allocation or spec.bin_allocation)
@@ -51,10 +53,13 @@ def quantize_tensor(x: torch.Tensor, stats: TensorStats, spec: TensorQuantSpec, 
         bits = torch.log2(bins)
         center = torch.zeros_like(stats.mean) if config.preserve_zero else stats.mean
         alpha = mid_tread_alpha(stats, spec, bits, center)
-        codes, step = primitives.mid_tread_codes(x, center, alpha, bins, axis, generator)
-        shape = primitives.broadcast_shape(x, axis)
-        values = (center.reshape(shape) + codes * step.reshape(shape)).to(x.dtype)
-        return QuantOutcome(values, codes if want_codes else None, bits, center - alpha, center + alpha)
+        if want_codes:
+            codes, step = backend.mid_tread_codes(x, center, alpha, bins, axis, seed)
+            shape = primitives.broadcast_shape(x, axis)
+            values = (center.reshape(shape) + codes * step.reshape(shape)).to(x.dtype)
+        else:
+            codes, values = None, backend.fake_quantize_mid_tread(x, center, alpha, bins, axis, seed)
+        return QuantOutcome(values, codes, bits, center - alpha, center + alpha)
     if allocate:
         bits = allocation.allocate_bits(allocation_scale(stats, config), spec.target_bits, config.rounding.value)
     else:
@@ -63,6 +68,9 @@ def quantize_tensor(x: torch.Tensor, stats: TensorStats, spec: TensorQuantSpec, 
     scale, zero_point, qmax = primitives.gemmlowp_params(lo, hi, bits, config.power_of_two_scale)
     if axis is None:
         scale, zero_point, qmax = scale.reshape(()), zero_point.reshape(()), qmax.reshape(())
-    codes = primitives.quantize_codes(x, scale, zero_point, qmax, axis, generator)
-    values = primitives.dequantize_codes(codes, scale, zero_point, axis).to(x.dtype)
-    return QuantOutcome(values, codes if want_codes else None, bits, lo, hi)
+    if want_codes:
+        codes = backend.quantize_codes(x, scale, zero_point, qmax, axis, seed)
+        values = primitives.dequantize_codes(codes, scale, zero_point, axis).to(x.dtype)
+    else:
+        codes, values = None, backend.fake_quantize(x, scale, zero_point, qmax, axis, seed)
+    return QuantOutcome(values, codes, bits, lo, hi)

@@ -1,8 +1,8 @@
 """Tensor statistics per tensor or per channel, as pure functions.
 
 For the (C, N) view of a tensor (one row per channel, or a single row): min, max, mean,
-std (population, sqrt(E[x^2] - E[x]^2) computed around the mean), and b = E|x - mean| (the
-maximum-likelihood Laplace scale). ``TensorStats`` holds 1-D tensors of length C (1 per tensor).
+std (population, sqrt(E[x^2] - E[x]^2)), and b = E|x - mean| (the maximum-likelihood Laplace
+scale). ``TensorStats`` holds 1-D tensors of length C (1 per tensor).
 """
 from __future__ import annotations
 
@@ -45,14 +45,20 @@ class TensorStats:
 
 
 def compute_stats(x: torch.Tensor, axis: int | None = None) -> TensorStats:
-    """Statistics of ``x`` per channel of ``axis`` (or of the whole tensor when axis is None)."""
-    rows = channels_first(x.detach().float(), axis)
-    mean = rows.mean(dim=1)
-    centred = rows - mean.unsqueeze(1)
+    """Statistics of ``x`` per channel of ``axis`` (or of the whole tensor when axis is None).
+
+    Accumulated in float64 exactly as the fused kernels do (mean = sum / n,
+    std = sqrt(max(sum(x^2) / n - mean^2, 0)), b = sum|x - mean| / n), then rounded to float32, so
+    both backends give the same statistics and therefore the same clipping and bit allocation.
+    """
+    rows = channels_first(x.detach(), axis).double()
+    count = rows.shape[1]
+    mean = rows.sum(dim=1) / count
+    variance = torch.clamp(rows.square().sum(dim=1) / count - mean.square(), min=0.0)
     return TensorStats(
-        min=rows.amin(dim=1),
-        max=rows.amax(dim=1),
-        mean=mean,
-        std=centred.square().mean(dim=1).sqrt(),
-        b=centred.abs().mean(dim=1),
+        min=rows.amin(dim=1).float(),
+        max=rows.amax(dim=1).float(),
+        mean=mean.float(),
+        std=variance.sqrt().float(),
+        b=((rows - mean.unsqueeze(1)).abs().sum(dim=1) / count).float(),
     )

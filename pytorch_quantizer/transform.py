@@ -133,7 +133,7 @@ class QuantizedModel:
     def __post_init__(self):
         self._handles = []
         self._bypass = False
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._rounding_calls = 0
 
     def __enter__(self) -> "QuantizedModel":
         self.model = self.source if self.inplace else copy.deepcopy(self.source)
@@ -168,12 +168,13 @@ class QuantizedModel:
     def activation_plans(self) -> dict[str, LayerPlan]:
         return {name: plan for name, plan in self.plans.items() if plan.activation is not None}
 
-    def generator(self, device: torch.device) -> torch.Generator | None:
+    def rounding_seed(self) -> int | None:
+        """None (round to nearest), or with stochastic rounding a fresh seed per quantized tensor,
+        derived from the config seed and a call counter (reproducible run to run)."""
         if not self.config.stochastic:
             return None
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.config.seed)
-        return self._generators[device]
+        self._rounding_calls += 1
+        return (self.config.seed * 1_000_003 + self._rounding_calls) % (2**62)
 
     # --- weights -------------------------------------------------------------------------
 
@@ -187,7 +188,7 @@ class QuantizedModel:
         else:
             layer = ObservedLayer(0 if spec.per_channel else None, spec.clipping, spec.bits)
             outcome = quantize_tensor(weight, observe(weight, layer), spec, self.config, axis=0,
-                                      generator=self.generator(weight.device), want_codes=True)
+                                      seed=self.rounding_seed(), want_codes=True)
             values, codes = outcome.values, outcome.codes
             measures.mean_bits = float(outcome.bits.float().mean())
             measures.clip_mean = float(((outcome.hi - outcome.lo) / 2).mean())
@@ -231,7 +232,7 @@ class QuantizedModel:
         else:
             stats = observe(x, ObservedLayer(ACTIVATION_AXIS if spec.per_channel else None, spec.clipping, spec.bits))
         outcome = quantize_tensor(x, stats, spec, self.config, axis=ACTIVATION_AXIS,
-                                  generator=self.generator(x.device), want_codes=self.config.measure_entropy)
+                                  seed=self.rounding_seed(), want_codes=self.config.measure_entropy)
         measures = self.activation_measures[name]
         measures.elements += x.numel()
         measures.mean_bits = float(outcome.bits.float().mean())
