@@ -62,7 +62,8 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
         result.evaluation = evaluate(quantized.model, loader, device, args.print_freq, progress=True)
         if config.measure_entropy:
             result.entropy = quantized.entropy_summary()
-        result.layer_report = quantized.layer_report()
+        if measure_error:
+            result.layer_report = quantized.layer_report()
     if result.calibration_overlaps_eval:
         LOG.warning("calibration images overlap the evaluated ones: %s", result.calibration)
     return result

@@ -33,7 +33,7 @@ def huffman_code_lengths(counts: torch.Tensor | np.ndarray) -> np.ndarray:
     a single present symbol gets length 0."""
     counts = np.asarray(counts, dtype=np.float64)
     lengths = np.zeros(len(counts), dtype=np.int64)
-    present = [index for index in range(len(counts)) if counts[index] > 0]
+    present = np.flatnonzero(counts).tolist()
     if len(present) == 1:
         return lengths  # a constant stream needs no bits (keeps H <= L < H + 1 true)
     tiebreak = itertools.count()

@@ -25,7 +25,7 @@ from pytorch_quantizer.errors import InputError
 from pytorch_quantizer.graph import GEMM_LAYERS, fold_batch_norms, trace_graph
 from pytorch_quantizer.kmeans import kmeans_quantize
 from pytorch_quantizer.observers import ObservedLayer, StatsAccumulator, observe, observing
-from pytorch_quantizer.quantizer import quantize_tensor
+from pytorch_quantizer.quantizer import QuantPlan, apply_plan, plan_quantization, quantize_tensor
 from pytorch_quantizer.stats import TensorStats
 
 CODE_OFFSET = 1 << 16  # mid-tread codes are signed; histograms index code + offset
@@ -134,6 +134,7 @@ class QuantizedModel:
         self._handles = []
         self._bypass = False
         self._rounding_calls = 0
+        self._fixed_plans: dict[str, QuantPlan] = {}
 
     def __enter__(self) -> "QuantizedModel":
         self.model = self.source if self.inplace else copy.deepcopy(self.source)
@@ -214,6 +215,7 @@ class QuantizedModel:
             if missing:
                 raise InputError(f"no statistics for layer {missing[0]} ({len(missing)} missing); collect them again")
         self.activation_stats = stats
+        self._fixed_plans = {}
 
     def fused_output(self, name: str, output: torch.Tensor) -> torch.Tensor:
         fused = self.plans[name].fused_activation
@@ -228,15 +230,19 @@ class QuantizedModel:
         plan = self.plans[name]
         spec = plan.activation
         if self.activation_stats is not None:
-            stats = self.activation_stats[name]
+            # fixed statistics give fixed ranges and bits: plan once per layer, not per batch
+            if name not in self._fixed_plans:
+                self._fixed_plans[name] = plan_quantization(self.activation_stats[name], spec, self.config)
+            plan = self._fixed_plans[name]
         else:
             stats = observe(x, ObservedLayer(ACTIVATION_AXIS if spec.per_channel else None, spec.clipping, spec.bits))
-        outcome = quantize_tensor(x, stats, spec, self.config, axis=ACTIVATION_AXIS,
-                                  seed=self.rounding_seed(), want_codes=self.config.measure_entropy)
+            plan = plan_quantization(stats, spec, self.config)
+        outcome = apply_plan(x, plan, ACTIVATION_AXIS, seed=self.rounding_seed(), want_codes=self.config.measure_entropy)
         measures = self.activation_measures[name]
         measures.elements += x.numel()
-        measures.mean_bits = float(outcome.bits.float().mean())
-        measures.clip_mean = float(((outcome.hi - outcome.lo) / 2).mean())
+        if self.measure_error or outcome.codes is not None:
+            measures.mean_bits = float(outcome.bits.float().mean())
+            measures.clip_mean = float(((outcome.hi - outcome.lo) / 2).mean())
         if outcome.codes is not None:
             measures.add_codes(outcome.codes)
         if self.measure_error:
