@@ -184,3 +184,16 @@ def test_interrupted_save_leaves_the_previous_file_intact(stats_file, monkeypatc
     assert sorted(item.name for item in path.parent.iterdir()) == [path.name]
     monkeypatch.undo()
     assert load(path, layers).calibration_images == 16
+
+
+def test_importing_the_library_solves_nothing_and_builds_nothing():
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    probe = ("import sys, pytorch_quantizer.transform, pytorch_quantizer.backend; "
+             "print(sorted(name for name in ('scipy.optimize', 'torch.utils.cpp_extension', 'ptq_kernels_cpu') "
+             "if name in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr
