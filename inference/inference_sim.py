@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random-init", action="store_true", help="random weights: architecture-only runs (tests, timing)")
     parser.add_argument("--results-json", type=Path, default=None,
                         help="write {arch, top1, top5, loss, images, ...} to this file")
+    parser.add_argument("-mlexp", "--mlf-experiment", dest="mlexp", default=None,
+                        help="mlflow experiment of this run (default: the arch)")
+    parser.add_argument("--mlflow-uri", default=None,
+                        help="mlflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under mlruns/ in the repository)")
     parser.add_argument("--backend", choices=("auto", "kernels", "reference"), default="auto",
                         help="fake-quantization arithmetic: the fused C++/CUDA kernels, the pure-PyTorch reference, "
                              "or auto (kernels when built, else reference with a warning; default)")
@@ -111,26 +115,34 @@ def write_json_atomically(path: Path, payload: dict) -> None:
         raise
 
 
-def run(args: argparse.Namespace) -> dict:
-    import torch
-
-    from inference.data import LoaderOptions, evaluation_loader
-    from inference.evaluate import evaluate
-    from inference.models import create_model, get_model_spec
+def validate(args: argparse.Namespace):
+    """Every check that needs no data or model, before any work: returns (model spec, QuantConfig or None)."""
+    from inference.models import get_model_spec
     from inference.quant_flags import quant_config_from_args
-    from inference.simulate import require_statistics_file, simulate
+    from inference.simulate import require_statistics_file
 
     if args.results_json is not None and not args.results_json.parent.is_dir():
         raise UserError(f"--results-json {args.results_json}: folder {args.results_json.parent} does not exist")
     if args.weights is not None and args.random_init:
         raise UserError("--weights and --random-init contradict each other; pass only one")
-    from pytorch_quantizer import backend
-
     spec = get_model_spec(args.arch)
     config = quant_config_from_args(args, spec)
-    backend.set_backend(args.backend)
     if config is not None:
         require_statistics_file(args, config)
+    return spec, config
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from inference.data import LoaderOptions, evaluation_loader
+    from inference.evaluate import evaluate
+    from inference.models import create_model
+    from inference.simulate import simulate
+    from pytorch_quantizer import backend
+
+    spec, config = validate(args)
+    backend.set_backend(args.backend)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     options = LoaderOptions(args.batch_size, args.workers, args.subset, args.shuffle, args.seed)
@@ -165,11 +177,25 @@ def describe(config) -> dict | str:
     return json.loads(json.dumps(asdict(config), default=lambda value: getattr(value, "value", str(value))))
 
 
+def flatten_quantization(quantization) -> dict:
+    from inference.tracking import flatten
+
+    return flatten("quantization", quantization if isinstance(quantization, dict) else {"recipe": quantization}, {})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from inference.tracking import log_results, mlflow_run
+
     try:
-        results = run(args)
+        validate(args)
+        arguments = {key: str(value) for key, value in vars(args).items()}
+        with mlflow_run(args.mlflow_uri, args.mlexp or args.arch, {"args": arguments}) as mlflow:
+            results = run(args)
+            mlflow.log_params({key: str(value)[:500] for key, value in
+                               flatten_quantization(results["quantization"]).items()})
+            log_results(mlflow, results, statistics_file=results.get("statistics_file"))
         if args.results_json is not None:
             write_json_atomically(args.results_json, results)
     except InputError as error:

@@ -26,3 +26,19 @@ def run_cli(capsys):
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable
+
+
+@pytest.fixture(autouse=True, scope="session")
+def mlflow_store(tmp_path_factory):
+    """Every CLI run of the suite logs to a throw-away sqlite store, not the repository's mlruns/."""
+    import os
+
+    store = tmp_path_factory.mktemp("mlruns") / "mlflow.db"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    yield f"sqlite:///{store}"
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
