@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random-init", action="store_true", help="random weights: architecture-only runs (tests, timing)")
     parser.add_argument("--results-json", type=Path, default=None,
                         help="write {arch, top1, top5, loss, images, ...} to this file")
+    parser.add_argument("--compare-fp32", action="store_true",
+                        help="also evaluate the FP32 model on the same images and report fp32_top1/fp32_top5/drop")
+    parser.add_argument("--report-csv", type=Path, default=None,
+                        help="per-layer report of the quantized model (tensor, bits, clipping value, MSE, SQNR, entropy) as CSV")
     parser.add_argument("-mlexp", "--mlf-experiment", dest="mlexp", default=None,
                         help="mlflow experiment of this run (default: the arch)")
     parser.add_argument("--mlflow-uri", default=None,
@@ -125,11 +129,29 @@ def validate(args: argparse.Namespace):
         raise UserError(f"--results-json {args.results_json}: folder {args.results_json.parent} does not exist")
     if args.weights is not None and args.random_init:
         raise UserError("--weights and --random-init contradict each other; pass only one")
+    if args.report_csv is not None and not args.report_csv.parent.is_dir():
+        raise UserError(f"--report-csv {args.report_csv}: folder {args.report_csv.parent} does not exist")
     spec = get_model_spec(args.arch)
     config = quant_config_from_args(args, spec)
     if config is not None:
         require_statistics_file(args, config)
+    elif args.report_csv is not None or args.compare_fp32:
+        flag = "--report-csv" if args.report_csv is not None else "--compare-fp32"
+        raise UserError(f"{flag} concerns a quantized model: add --qtype intN and/or -qw intN")
     return spec, config
+
+
+def write_csv_atomically(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        pd.DataFrame(rows).to_csv(temporary, index=False)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -153,9 +175,16 @@ def run(args: argparse.Namespace) -> dict:
     if config is None:
         result = evaluate(model, loader, device, args.print_freq, progress=True)
     else:
-        simulation = simulate(args, spec, model, loader, config, device, options)
+        simulation = simulate(args, spec, model, loader, config, device, options,
+                              measure_error=args.report_csv is not None)
         result = simulation.evaluation
-        extra = {"statistics": simulation.statistics, "statistics_file": simulation.statistics_file,
+        if args.report_csv is not None:
+            write_csv_atomically(args.report_csv, simulation.layer_report)
+            extra["report_csv"] = str(args.report_csv)
+        if args.compare_fp32:
+            fp32 = evaluate(model, loader, device, args.print_freq, progress=True)
+            extra.update({"fp32_top1": fp32.top1, "fp32_top5": fp32.top5, "drop": fp32.top1 - result.top1})
+        extra |= {"statistics": simulation.statistics, "statistics_file": simulation.statistics_file,
                  "calibration": simulation.calibration, "calibration_overlaps_eval": simulation.calibration_overlaps_eval,
                  **{key: value for key, value in simulation.entropy.items() if key.startswith("avg.")}}
     weights = "random" if args.random_init else str(args.weights or spec.default_weights())
@@ -196,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_params({key: str(value)[:500] for key, value in
                                flatten_quantization(results["quantization"]).items()})
             log_results(mlflow, results, statistics_file=results.get("statistics_file"))
+            if results.get("report_csv"):
+                mlflow.log_artifact(results["report_csv"])
         if args.results_json is not None:
             write_json_atomically(args.results_json, results)
     except InputError as error:
@@ -208,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         if f"avg.entropy.{kind}" in results:
             print(f"Average bit rate: avg.entropy.{kind} - {results[f'avg.entropy.{kind}']:.4f} "
                   f"(Huffman {results[f'avg.huffman.{kind}']:.4f})")
+    if "fp32_top1" in results:
+        print(f"FP32 on the same images: Prec@1 {results['fp32_top1']:.3f} Prec@5 {results['fp32_top5']:.3f} "
+              f"(drop {results['drop']:.3f})")
     print(f" * Prec@1 {results['top1']:.3f} Prec@5 {results['top5']:.3f}")
     return 0
 

@@ -79,3 +79,20 @@ def test_bad_quantization_flags_exit_2_with_one_line(run_cli, argv, message):
     code, stdout, stderr = run_cli("-a", "fmnist_resnet20", *argv)
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
     assert message in stderr and "Prec@1" not in stdout
+
+
+def test_report_csv_and_compare_fp32(run_cli, tmp_path):
+    import pandas as pd
+
+    report = tmp_path / "layers.csv"
+    result, stdout = run_json(run_cli, tmp_path, "-a", "fmnist_resnet20", "-ss", "300", *W4A4_FULL,
+                              "--report-csv", report, "--compare-fp32")
+    table = pd.read_csv(report)
+    assert set(table.tensor) == {"weight", "activation"} and len(table) == 2 * 22
+    assert (table.sqnr_db > 0).all() and (table.mse > 0).all()
+    assert table.loc[(table.layer == "conv1") & (table.tensor == "weight"), "bits"].item() == 8
+    fp32, _ = run_json(run_cli, tmp_path, "-a", "fmnist_resnet20", "-ss", "300")
+    assert result["fp32_top1"] == fp32["top1"] and result["drop"] == fp32["top1"] - result["top1"]
+    assert "FP32 on the same images: Prec@1" in stdout
+    code, _, stderr = run_cli("-a", "fmnist_resnet20", "--report-csv", report)
+    assert code == 2 and "--report-csv concerns a quantized model" in stderr
