@@ -9,7 +9,6 @@ images are evaluated once, after training, and only reported.
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -56,6 +55,7 @@ def main(argv=None) -> int:
     from inference import fashion_mnist
     from inference.evaluate import evaluate
     from inference.models import build_architecture
+    from pytorch_quantizer.safe_io import write_atomically
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,9 +100,7 @@ def main(argv=None) -> int:
     out = args.out or REPO_ROOT / "inference" / "checkpoints" / f"{args.arch}.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    temporary = out.with_suffix(".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, out)
+    write_atomically(out, lambda temporary: torch.save(state, temporary))
     summary = {"arch": args.arch, "epochs": args.epochs, "seed": args.seed, "test_top1": result.top1,
                "test_top5": result.top5, "train_seconds": round(time.time() - start, 1), "checkpoint": str(out)}
     print(json.dumps(summary))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Subset
 
 from inference import fashion_mnist
 from inference.errors import UserError

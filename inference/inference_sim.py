@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -107,16 +105,9 @@ def resolve_device(requested: str | None):
 
 
 def write_json_atomically(path: Path, payload: dict) -> None:
-    """Write to a temporary file beside ``path``, then rename: a reader never sees half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    from pytorch_quantizer.safe_io import write_atomically
+
+    write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(payload, indent=2) + "\n"))
 
 
 def validate(args: argparse.Namespace):
@@ -144,17 +135,13 @@ def validate(args: argparse.Namespace):
 def write_csv_atomically(path: Path, rows: list[dict]) -> None:
     import pandas as pd
 
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        pd.DataFrame(rows).to_csv(temporary, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    from pytorch_quantizer.safe_io import write_atomically
+
+    write_atomically(path, lambda temporary: pd.DataFrame(rows).to_csv(temporary, index=False))
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, validated=None) -> dict:
+    """Evaluate per ``args``; ``validated`` is what ``validate(args)`` returned, if already called."""
     import torch
 
     from inference.data import LoaderOptions, evaluation_loader
@@ -163,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
     from inference.simulate import simulate
     from pytorch_quantizer import backend
 
-    spec, config = validate(args)
+    spec, config = validated or validate(args)
     backend.set_backend(args.backend)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
@@ -218,10 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     from inference.tracking import log_results, mlflow_run
 
     try:
-        validate(args)
+        validated = validate(args)
         arguments = {key: str(value) for key, value in vars(args).items()}
         with mlflow_run(args.mlflow_uri, args.mlexp or args.arch, {"args": arguments}) as mlflow:
-            results = run(args)
+            results = run(args, validated)
             mlflow.log_params({key: str(value)[:500] for key, value in
                                flatten_quantization(results["quantization"]).items()})
             log_results(mlflow, results, statistics_file=results.get("statistics_file"))

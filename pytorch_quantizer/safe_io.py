@@ -1,9 +1,12 @@
-"""Loading user-supplied torch files without executing pickled code."""
+"""Loading user-supplied torch files without executing pickled code; writing files atomically."""
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from pytorch_quantizer.errors import InputError
 
@@ -29,3 +32,16 @@ def safe_torch_load(path: Path, fix: str):
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else "file is empty or truncated"
         raise InputError(f"{path} is corrupt or truncated ({reason}); {fix}") from None
+
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """``write(temporary_path)`` into a temporary file beside ``path``, then rename it over ``path``:
+    a reader never sees half a file and an interrupted write leaves the previous file intact."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

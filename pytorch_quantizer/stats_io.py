@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 from pytorch_quantizer import __version__
 from pytorch_quantizer.errors import InputError
 from pytorch_quantizer.observers import StatsAccumulator
-from pytorch_quantizer.safe_io import safe_torch_load
+from pytorch_quantizer.safe_io import safe_torch_load, write_atomically
 
 FORMAT = "ptq-statistics"
 FORMAT_VERSION = 1
@@ -57,14 +55,7 @@ def save_statistics(statistics: StatisticsFile, path: Path) -> None:
     layers = {name: dict(accumulator.state) for name, accumulator in statistics.layers.items()}
     metadata = metadata_of(statistics)
     payload = {**metadata, "layers": layers, "checksum": checksum(metadata, layers)}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda temporary: torch.save(payload, temporary))
 
 
 def load_statistics(path: Path, model: str, per_channel: bool, act_quant_point: str,

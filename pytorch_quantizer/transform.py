@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pytorch_quantizer import backend
 from pytorch_quantizer.bias_correction import correct_weights
 from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec, WeightKind
 from pytorch_quantizer.entropy import huffman_bits_per_symbol, shannon_entropy, weighted_average
@@ -28,7 +29,7 @@ from pytorch_quantizer.observers import ObservedLayer, StatsAccumulator, observe
 from pytorch_quantizer.quantizer import QuantPlan, apply_plan, plan_quantization, quantize_tensor
 from pytorch_quantizer.stats import TensorStats
 
-CODE_OFFSET = 1 << 16  # mid-tread codes are signed; histograms index code + offset
+CODE_OFFSET = 1 << 16  # codes lie in [-2^16, 2^16): GEMMLOWP ones up to 2^16 - 1, mid-tread ones signed
 ACTIVATION_AXIS = 1
 
 
@@ -54,13 +55,8 @@ class LayerMeasures:
     error_measured: bool = False
 
     def add_codes(self, codes: torch.Tensor) -> None:
-        counts = torch.bincount((codes.detach().reshape(-1).long() + CODE_OFFSET).cpu())
-        if self.histogram is None:
-            self.histogram = counts
-        else:
-            size = max(len(self.histogram), len(counts))
-            self.histogram = nn.functional.pad(self.histogram, (0, size - len(self.histogram))) + \
-                nn.functional.pad(counts, (0, size - len(counts)))
+        counts = backend.code_histogram(codes, -CODE_OFFSET, 2 * CODE_OFFSET).cpu()
+        self.histogram = counts if self.histogram is None else self.histogram + counts
 
     def add_error(self, reference: torch.Tensor, quantized: torch.Tensor) -> None:
         self.error_measured = True
@@ -86,6 +82,11 @@ class LayerMeasures:
     @property
     def huffman(self) -> float:
         return huffman_bits_per_symbol(self.histogram.numpy()) if self.histogram is not None else float("nan")
+
+
+def observed_layer(spec: TensorQuantSpec, axis: int) -> ObservedLayer:
+    """What to observe for a tensor quantized per ``spec`` (channel ``axis`` when per channel)."""
+    return ObservedLayer(axis if spec.per_channel else None, spec.clipping, spec.bits)
 
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -187,8 +188,7 @@ class QuantizedModel:
             values, codes = kmeans_quantize(weight, spec.bits, spec.per_channel, self.config.seed)
             measures.mean_bits = float(spec.bits)
         else:
-            layer = ObservedLayer(0 if spec.per_channel else None, spec.clipping, spec.bits)
-            outcome = quantize_tensor(weight, observe(weight, layer), spec, self.config, axis=0,
+            outcome = quantize_tensor(weight, observe(weight, observed_layer(spec, 0)), spec, self.config, axis=0,
                                       seed=self.rounding_seed(), want_codes=True)
             values, codes = outcome.values, outcome.codes
             measures.mean_bits = float(outcome.bits.float().mean())
@@ -204,9 +204,7 @@ class QuantizedModel:
 
     def observed_layers(self) -> dict[str, ObservedLayer]:
         """What statistics collection must observe for this plan (per layer axis, clipping, bits)."""
-        return {name: ObservedLayer(ACTIVATION_AXIS if plan.activation.per_channel else None,
-                                    plan.activation.clipping, plan.activation.bits)
-                for name, plan in self.activation_plans().items()}
+        return {name: observed_layer(plan.activation, ACTIVATION_AXIS) for name, plan in self.activation_plans().items()}
 
     def use_statistics(self, stats: dict[str, TensorStats] | None) -> None:
         """Quantize activations with these statistics (offline) instead of each batch's (None)."""
@@ -235,7 +233,7 @@ class QuantizedModel:
                 self._fixed_plans[name] = plan_quantization(self.activation_stats[name], spec, self.config)
             plan = self._fixed_plans[name]
         else:
-            stats = observe(x, ObservedLayer(ACTIVATION_AXIS if spec.per_channel else None, spec.clipping, spec.bits))
+            stats = observe(x, observed_layer(spec, ACTIVATION_AXIS))
             plan = plan_quantization(stats, spec, self.config)
         outcome = apply_plan(x, plan, ACTIVATION_AXIS, seed=self.rounding_seed(), want_codes=self.config.measure_entropy)
         measures = self.activation_measures[name]

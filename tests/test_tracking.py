@@ -1,6 +1,5 @@
 """mlflow: every invocation is one run, read back with mlflow.search_runs; failures are FAILED."""
 import mlflow
-import pytest
 
 
 def runs(uri, experiment):
