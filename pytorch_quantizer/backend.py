@@ -185,7 +185,8 @@ def code_histogram(codes: torch.Tensor, low: int, num_bins: int, axis: int | Non
 
 
 def compute_stats(x: torch.Tensor, axis: int | None = None) -> stats.TensorStats:
-    """min, max, mean, std (population) and b = E|x - mean| per channel of ``axis`` (or per tensor)."""
+    """min, max, mean, std (population), b = E|x - mean| and the fraction of values > 0 per channel
+    of ``axis`` (or per tensor); the last one is a plain torch reduction on both backends."""
     if not _use_kernels(x):
         return stats.compute_stats(x, axis)
     values = x.detach().float()
@@ -195,4 +196,5 @@ def compute_stats(x: torch.Tensor, axis: int | None = None) -> stats.TensorStats
     mean = total / count
     std = torch.clamp(total_sq / count - mean * mean, min=0.0).sqrt()
     b = torch.ops.ptq_kernels.channel_mean_abs_dev(values, mean, op_axis)
-    return stats.TensorStats(min=minimum.float(), max=maximum.float(), mean=mean.float(), std=std.float(), b=b.float())
+    return stats.TensorStats(min=minimum.float(), max=maximum.float(), mean=mean.float(), std=std.float(), b=b.float(),
+                             positive_fraction=stats.positive_fraction(values, axis))

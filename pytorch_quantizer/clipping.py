@@ -5,8 +5,11 @@ Registry: ``@register_clipping(name)``; ``list_clipping()``; ``get_clipping(name
 
 ACIQ (``laplace``, ``gaus``): alpha = r(M') * b (Laplace) or r(M') * sigma (Gaussian), M' = M for
 signed tensors and M + 1 for non-negative ones (the M-bit grid then covers one tail only).
-Signed tensors clip to [mu - alpha, mu + alpha], non-negative ones to [0, max(mu, 0) + alpha];
-both intersected with [min, max].
+Signed tensors clip to [mu - alpha, mu + alpha]. Non-negative (rectified) tensors clip to
+[0, alpha] with the scale of their positive part (``TensorStats.rectified_b`` / ``rectified_std``):
+for ReLU(Laplace(0, b)) the positive part is exponential with mean b, and the M + 1 constant is
+exactly the optimum of 2 b^2 exp(-alpha / b) + alpha^2 / (12 * 4^M) on the grid [0, alpha].
+Both ranges are intersected with [min, max]. ``Kstd`` keeps [0, max(mu, 0) + K sigma] there.
 
 Methods that need the values themselves (``kld``, ``mix``, ``pct``, ``mse``) implement ``measure``,
 which the statistics observer can run per batch so that offline statistics carry their result.
@@ -89,7 +92,10 @@ def effective_bits(bits: torch.Tensor, non_negative: bool) -> torch.Tensor:
 
 
 def aciq_alpha(prior: str, stats: TensorStats, bits: torch.Tensor, non_negative: bool) -> torch.Tensor:
-    scale = stats.b if prior == "laplace" else stats.std
+    if non_negative:
+        scale = stats.rectified_b if prior == "laplace" else stats.rectified_std
+    else:
+        scale = stats.b if prior == "laplace" else stats.std
     bits = torch.as_tensor(bits, dtype=torch.float32, device=scale.device).expand_as(scale)
     return aciq.optimal_ratios(prior, effective_bits(bits, non_negative)) * scale
 
@@ -104,14 +110,21 @@ def no_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
     return lo, stats.max
 
 
+def aciq_range(prior: str, stats: TensorStats, bits: torch.Tensor, non_negative: bool):
+    alpha = aciq_alpha(prior, stats, bits, non_negative)
+    if non_negative:
+        return torch.zeros_like(stats.min), torch.minimum(stats.max, alpha)
+    return range_around_mean(stats, alpha, non_negative)
+
+
 @register_clipping("laplace", "ACIQ, Laplace prior: alpha = r_L(M) * b")
 def laplace_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
-    return range_around_mean(stats, aciq_alpha("laplace", stats, bits, non_negative), non_negative)
+    return aciq_range("laplace", stats, bits, non_negative)
 
 
 @register_clipping("gaus", "ACIQ, Gaussian prior: alpha = r_G(M) * sigma")
 def gaussian_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
-    return range_around_mean(stats, aciq_alpha("gaus", stats, bits, non_negative), non_negative)
+    return aciq_range("gaus", stats, bits, non_negative)
 
 
 def measured_range(name: str):

@@ -7,13 +7,13 @@ across processes, the batch count, the sum of every statistic and its extreme (m
 lower clipping bounds, max for the rest). Two reductions follow:
 
     mean:  every statistic averaged over batches (the seed's default)
-    max:   min of mins, max of maxes, max of std / b / upper bounds, min of lower bounds,
-           mean averaged (the widest, most conservative ranges)
+    max:   min of mins, max of maxes, max of std / b / upper bounds, min of lower bounds and of
+           the positive fraction (a larger rectified scale), mean averaged (the widest, most conservative ranges)
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from pytorch_quantizer.primitives import channels_first
 from pytorch_quantizer.backend import compute_stats
 from pytorch_quantizer.stats import TensorStats
 
-MINIMUM_KEYS = ("min",)
+MINIMUM_KEYS = ("min", "positive_fraction")
 
 
 def takes_minimum(name: str) -> bool:
@@ -98,8 +98,7 @@ def observe(x: torch.Tensor, layer: ObservedLayer) -> TensorStats:
         rows = channels_first(x.detach().float(), layer.axis)
         bits = torch.full((rows.shape[0],), float(layer.bits))
         lo, hi = method.measure(rows, bits, stats.non_negative)
-        stats = TensorStats(stats.min, stats.max, stats.mean, stats.std, stats.b,
-                            {f"{method.name}.lo": lo, f"{method.name}.hi": hi})
+        stats = replace(stats, extra={f"{method.name}.lo": lo, f"{method.name}.hi": hi})
     return stats
 
 

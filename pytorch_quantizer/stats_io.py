@@ -18,7 +18,7 @@ from pytorch_quantizer.observers import StatsAccumulator
 from pytorch_quantizer.safe_io import safe_torch_load, write_atomically
 
 FORMAT = "ptq-statistics"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
