@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from inference import fashion_mnist
+from inference.distributed import ProcessInfo
 from inference.errors import UserError
 from inference.models import ModelSpec, Preprocessing
 
@@ -35,6 +36,7 @@ class LoaderOptions:
     subset: int | None = None
     shuffle: bool = False
     seed: int = 0
+    process: ProcessInfo = field(default_factory=ProcessInfo)
 
 
 @dataclass
@@ -128,7 +130,8 @@ def evaluation_dataset(spec: ModelSpec, data_dir: Path | None) -> Dataset:
 
 
 def make_loader(dataset: Dataset, options: LoaderOptions) -> DataLoader:
-    """Deterministic order (seeded shuffle with ``options.shuffle``), first ``options.subset`` images.
+    """Deterministic order (seeded shuffle with ``options.shuffle``), first ``options.subset`` images,
+    cut into batches; under torchrun this process's share of whole batches (``ProcessInfo.shard``).
 
     In-memory datasets are indexed a batch at a time in the main process (workers would only add
     start-up cost); file datasets decode in ``options.workers`` worker processes.
@@ -140,10 +143,11 @@ def make_loader(dataset: Dataset, options: LoaderOptions) -> DataLoader:
         order = list(range(len(dataset)))
     if options.subset is not None:
         order = order[: options.subset]
+    batches = options.process.shard([order[start:start + options.batch_size]
+                                     for start in range(0, len(order), options.batch_size)])
     if isinstance(dataset, fashion_mnist.InMemoryImages):
-        return DataLoader(dataset, sampler=BatchSampler(order, options.batch_size, drop_last=False), batch_size=None)
-    return DataLoader(Subset(dataset, order), batch_size=options.batch_size, shuffle=False,
-                      num_workers=options.workers, pin_memory=torch.cuda.is_available())
+        return DataLoader(dataset, sampler=batches, batch_size=None)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=options.workers, pin_memory=torch.cuda.is_available())
 
 
 def evaluation_loader(spec: ModelSpec, data_dir: Path | None, options: LoaderOptions) -> DataLoader:
@@ -157,7 +161,7 @@ def calibration_data(spec: ModelSpec, data_dir: Path | None, num_images: int, op
     """``num_images`` calibration images drawn (seeded) from a split disjoint from evaluation when one exists."""
     if data_dir is not None:
         check_data_dir(data_dir)
-    shuffled = LoaderOptions(options.batch_size, options.workers, num_images, True, options.seed)
+    shuffled = LoaderOptions(options.batch_size, options.workers, num_images, True, options.seed, options.process)
     if spec.dataset == "fashion_mnist":
         folder = data_dir or fashion_mnist.DEFAULT_DIR
         dataset = fashion_mnist.InMemoryImages(*fashion_mnist.load_split(folder, "train"))

@@ -24,11 +24,12 @@ def count_topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> in
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader, device: torch.device, print_freq: int = 0,
-             progress: bool = False) -> EvalResult:
+             progress: bool = False, sum_over_processes=None) -> EvalResult:
     """Run ``model`` in eval mode over ``loader`` and accumulate top-1, top-5 and summed loss.
 
     With ``progress`` a tqdm bar is drawn over batches and, every ``print_freq`` batches, its
-    postfix shows the running Prec@1 / Prec@5.
+    postfix shows the running Prec@1 / Prec@5 of this process. ``sum_over_processes`` (e.g.
+    ``ProcessInfo.sum``) adds the counts of all processes before the percentages are taken.
     """
     model.eval()
     correct1 = correct5 = images = 0
@@ -44,6 +45,10 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, print_freq: i
         images += len(labels)
         if print_freq and (index + 1) % print_freq == 0:
             bar.set_postfix(prec1=f"{100 * correct1 / images:.3f}", prec5=f"{100 * correct5 / images:.3f}")
+    if sum_over_processes is not None:
+        totals = sum_over_processes(torch.tensor([correct1, correct5, images], dtype=torch.int64))
+        correct1, correct5, images = (int(value) for value in totals)
+        loss_sum = float(sum_over_processes(torch.tensor([loss_sum], dtype=torch.float64)))
     if images == 0:
         raise ValueError("the loader yielded no images")
     return EvalResult(100.0 * correct1 / images, 100.0 * correct5 / images, loss_sum / images, images)

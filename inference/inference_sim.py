@@ -3,6 +3,7 @@
     python inference/inference_sim.py -a efficientnet_lite0
     python inference/inference_sim.py -a fmnist_resnet20 -b 500
     python inference/inference_sim.py -a resnet50 --data /path/to/imagenet --weights resnet50.pth
+    torchrun --standalone --nproc_per_node=2 inference/inference_sim.py -a fmnist_resnet20 --qtype int4
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -20,6 +22,7 @@ from inference.errors import UserError  # noqa: E402
 from pytorch_quantizer.errors import InputError  # noqa: E402
 from inference.models import list_models  # noqa: E402
 from inference.quant_flags import add_quantization_flags  # noqa: E402
+from inference.seed_compat import add_rejected_seed_flags  # noqa: E402
 
 DEFAULT_ARCH = "efficientnet_lite0"
 
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "Fashion-MNIST: folder with the idx files. Default: the 20 ImageNet photos shipped in "
                              "foolbox, or /usr/share/datasets/fashion-mnist")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--device_ids", "--device-ids", dest="device_ids", type=non_negative_int, nargs="+", default=None,
+                        metavar="ID", help="CUDA devices: process k of torchrun uses cuda:ID[k]; one process takes one ID "
+                                           "(several GPUs: torchrun --nproc_per_node=N)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled order and of torch (default: 0)")
     parser.add_argument("-ss", "--subset", type=positive_int, default=None, help="evaluate only the first N images of the order")
     parser.add_argument("-sh", "--shuffle", action="store_true", help="evaluate in a shuffled order (seeded by --seed)")
@@ -81,18 +87,52 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mlflow experiment of this run (default: the arch)")
     parser.add_argument("--mlflow-uri", default=None,
                         help="mlflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under mlruns/ in the repository)")
+    parser.add_argument("-ep", "--eval-precision", dest="ep", action="store_true",
+                        help="evaluate the recipe at fp32 and int8 .. int4 (activations and weights); table to --sweep-csv")
+    parser.add_argument("--sweep-csv", type=Path, default=None,
+                        help="CSV of -ep (default: precision_sweep_<arch>.csv in the current folder)")
+    parser.add_argument("-ms", "-m", "--measure-stats", dest="ms", action="store_true",
+                        help="measure per-layer statistics of the Conv/Linear inputs during evaluation and save them "
+                             "as <arch>.activation_stats.csv in -mf")
+    parser.add_argument("-mf", "--measure-stats-folder", dest="mf", type=Path, default=None,
+                        help="folder of -ms (default: the statistics folder -sf)")
+    parser.add_argument("-dd", "--dump-dir", dest="dd", type=Path, default=None,
+                        help="save the first evaluated batch's images, logits and every Conv/Linear input, quantized "
+                             "input and output to DIR/<arch>.batch0.pt (tensors only)")
     parser.add_argument("--backend", choices=("auto", "kernels", "reference"), default="auto",
                         help="fake-quantization arithmetic: the fused C++/CUDA kernels, the pure-PyTorch reference, "
                              "or auto (kernels when built, else reference with a warning; default)")
     add_quantization_flags(parser, positive_int)
+    add_rejected_seed_flags(parser)
     return parser
 
 
-def resolve_device(requested: str | None):
+def resolve_device(requested: str | None, device_ids: list[int] | None = None, process=None):
+    """The device of this process: --device, or cuda:ID[local rank] with --device_ids, or cuda:local rank
+    under torchrun when CUDA exists, else cpu."""
     import torch
 
+    from inference.distributed import ProcessInfo
+
+    process = process or ProcessInfo()
+    if device_ids is not None:
+        if requested not in (None, "cuda"):
+            raise UserError(f"--device_ids selects CUDA devices and contradicts --device {requested}; pass one of them")
+        if not torch.cuda.is_available():
+            raise UserError("--device_ids: CUDA is not available on this machine; drop it (runs on cpu)")
+        if len(device_ids) > 1 and not process.distributed:
+            raise UserError(f"--device_ids {' '.join(map(str, device_ids))}: one process uses one GPU; start "
+                            f"torchrun --nproc_per_node={len(device_ids)} for several")
+        if process.local_rank >= len(device_ids):
+            raise UserError(f"--device_ids lists {len(device_ids)} devices for {process.world_size} processes per node; "
+                            "give one ID per process")
+        if max(device_ids) >= torch.cuda.device_count():
+            raise UserError(f"--device_ids {max(device_ids)}: this machine has {torch.cuda.device_count()} CUDA devices")
+        return torch.device("cuda", device_ids[process.local_rank])
     if requested is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", process.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
     try:
         device = torch.device(requested)
     except RuntimeError:
@@ -101,6 +141,8 @@ def resolve_device(requested: str | None):
         raise UserError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {requested}: only cpu and cuda are supported")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", process.local_rank % torch.cuda.device_count())
     return device
 
 
@@ -110,7 +152,7 @@ def write_json_atomically(path: Path, payload: dict) -> None:
     write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(payload, indent=2) + "\n"))
 
 
-def validate(args: argparse.Namespace):
+def validate(args: argparse.Namespace, process=None):
     """Every check that needs no data or model, before any work: returns (model spec, QuantConfig or None)."""
     from inference.models import get_model_spec
     from inference.quant_flags import quant_config_from_args
@@ -122,6 +164,11 @@ def validate(args: argparse.Namespace):
         raise UserError("--weights and --random-init contradict each other; pass only one")
     if args.report_csv is not None and not args.report_csv.parent.is_dir():
         raise UserError(f"--report-csv {args.report_csv}: folder {args.report_csv.parent} does not exist")
+    if args.mf is not None and not args.ms:
+        raise UserError("-mf names the folder of -ms: add -ms")
+    if process is not None and process.distributed and (args.me or args.report_csv is not None):
+        flag = "-me" if args.me else "--report-csv"
+        raise UserError(f"{flag} is measured in one process: run it without torchrun")
     spec = get_model_spec(args.arch)
     config = quant_config_from_args(args, spec)
     if config is not None:
@@ -132,6 +179,20 @@ def validate(args: argparse.Namespace):
     return spec, config
 
 
+def validate_sweep(args: argparse.Namespace, process=None) -> dict:
+    """-ep: the sweep's own contradictions, then every row's flags: {precision: (args, validated)}."""
+    from inference.sweep import SWEEP_PRECISIONS, check_sweep_flags, precision_args
+
+    check_sweep_flags(args)
+    if args.sweep_csv is not None and not args.sweep_csv.parent.is_dir():
+        raise UserError(f"--sweep-csv {args.sweep_csv}: folder {args.sweep_csv.parent} does not exist")
+    rows = {}
+    for precision in SWEEP_PRECISIONS:
+        row = precision_args(args, precision)
+        rows[precision] = (row, validate(row, process))
+    return rows
+
+
 def write_csv_atomically(path: Path, rows: list[dict]) -> None:
     import pandas as pd
 
@@ -140,48 +201,89 @@ def write_csv_atomically(path: Path, rows: list[dict]) -> None:
     write_atomically(path, lambda temporary: pd.DataFrame(rows).to_csv(temporary, index=False))
 
 
-def run(args: argparse.Namespace, validated=None) -> dict:
-    """Evaluate per ``args``; ``validated`` is what ``validate(args)`` returned, if already called."""
+def inspection_for(args: argparse.Namespace):
+    from inference.inspection import Inspection
+    from inference.quant_flags import DEFAULT_STATS_FOLDER
+
+    stats_csv = dump_file = None
+    if args.ms:
+        folder = args.mf or (args.sf if args.sf is not None else DEFAULT_STATS_FOLDER)
+        folder.mkdir(parents=True, exist_ok=True)
+        stats_csv = folder / f"{args.arch}.activation_stats.csv"
+    if args.dd is not None:
+        args.dd.mkdir(parents=True, exist_ok=True)
+        dump_file = args.dd / f"{args.arch}.batch0.pt"
+    return Inspection(stats_csv, dump_file)
+
+
+def run(args: argparse.Namespace, validated=None, process=None, device=None) -> dict:
+    """Evaluate per ``args``; ``validated`` is what ``validate(args)`` returned, if already called.
+    Under torchrun (``process``) every process calls it on its share of the batches; the returned
+    figures are the totals over all processes."""
     import torch
 
     from inference.data import LoaderOptions, evaluation_loader
+    from inference.distributed import ProcessInfo
     from inference.evaluate import evaluate
+    from inference.inspection import evaluate_inspected
     from inference.models import create_model
     from inference.simulate import simulate
     from pytorch_quantizer import backend
 
-    spec, config = validated or validate(args)
+    process = process or ProcessInfo()
+    spec, config = validated or validate(args, process)
     backend.set_backend(args.backend)
-    device = resolve_device(args.device)
+    device = device or resolve_device(args.device, args.device_ids, process)
     torch.manual_seed(args.seed)
-    options = LoaderOptions(args.batch_size, args.workers, args.subset, args.shuffle, args.seed)
+    options = LoaderOptions(args.batch_size, args.workers, args.subset, args.shuffle, args.seed, process)
     loader = evaluation_loader(spec, args.data, options)
     model = create_model(args.arch, args.weights, args.random_init).to(device)
+    inspection = inspection_for(args)
     start = time.perf_counter()
     extra = {}
     if config is None:
-        result = evaluate(model, loader, device, args.print_freq, progress=True)
+        result, extra = evaluate_inspected(model, loader, device, args.print_freq, process, inspection)
     else:
         simulation = simulate(args, spec, model, loader, config, device, options,
-                              measure_error=args.report_csv is not None)
-        result = simulation.evaluation
+                              measure_error=args.report_csv is not None, inspection=inspection)
+        result, extra = simulation.evaluation, dict(simulation.files)
         if args.report_csv is not None:
             write_csv_atomically(args.report_csv, simulation.layer_report)
             extra["report_csv"] = str(args.report_csv)
         if args.compare_fp32:
-            fp32 = evaluate(model, loader, device, args.print_freq, progress=True)
+            fp32 = evaluate(model, loader, device, args.print_freq, progress=process.is_main,
+                            sum_over_processes=process.sum)
             extra.update({"fp32_top1": fp32.top1, "fp32_top5": fp32.top5, "drop": fp32.top1 - result.top1})
         extra |= {"statistics": simulation.statistics, "statistics_file": simulation.statistics_file,
-                 "calibration": simulation.calibration, "calibration_overlaps_eval": simulation.calibration_overlaps_eval,
-                 **{key: value for key, value in simulation.entropy.items() if key.startswith("avg.")}}
+                  "calibration": simulation.calibration, "calibration_overlaps_eval": simulation.calibration_overlaps_eval,
+                  **{key: value for key, value in simulation.entropy.items() if key.startswith("avg.")}}
     weights = "random" if args.random_init else str(args.weights or spec.default_weights())
     return {
         "arch": args.arch, "top1": result.top1, "top5": result.top5, "loss": result.loss, "images": result.images,
-        "device": str(device), "weights": weights, "data": str(args.data) if args.data else "default",
+        "device": str(device), "processes": process.world_size, "weights": weights,
+        "data": str(args.data) if args.data else "default",
         "batch_size": args.batch_size, "subset": args.subset, "shuffle": args.shuffle, "seed": args.seed,
         "quantization": describe(config), "backend": backend.active_backend() if config else "none (fp32)", **extra,
         "eval_seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def run_sweep(args: argparse.Namespace, rows: dict, process, device) -> tuple[dict, "pd.DataFrame"]:  # noqa: F821
+    """-ep: every precision of ``validate_sweep`` in turn; the CSV is written by rank 0."""
+    from inference.sweep import sweep_table
+
+    results = {precision: run(row, validated, process, device) for precision, (row, validated) in rows.items()}
+    table = sweep_table(results)
+    summary = {"arch": args.arch, "images": results["fp32"]["images"], "device": str(device),
+               "processes": process.world_size, "backend": results["int8"]["backend"],
+               "quantization": results["int4"]["quantization"]}
+    for record in table.to_dict("records"):
+        summary.update({f"{key}.{record['precision']}": record[key] for key in ("top1", "top5", "loss", "drop")})
+    if process.is_main:
+        path = args.sweep_csv or Path(f"precision_sweep_{args.arch}.csv")
+        write_csv_atomically(path, table.to_dict("records"))
+        summary["sweep_csv"] = str(path)
+    return summary, table
 
 
 def describe(config) -> dict | str:
@@ -199,26 +301,27 @@ def flatten_quantization(quantization) -> dict:
     return flatten("quantization", quantization if isinstance(quantization, dict) else {"recipe": quantization}, {})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from inference.tracking import log_results, mlflow_run
+def results_table(results: dict) -> "pd.DataFrame":  # noqa: F821
+    """The final one-row table of a run (printed by main)."""
+    import pandas as pd
 
-    try:
-        validated = validate(args)
-        arguments = {key: str(value) for key, value in vars(args).items()}
-        with mlflow_run(args.mlflow_uri, args.mlexp or args.arch, {"args": arguments}) as mlflow:
-            results = run(args, validated)
-            mlflow.log_params({key: str(value)[:500] for key, value in
-                               flatten_quantization(results["quantization"]).items()})
-            log_results(mlflow, results, statistics_file=results.get("statistics_file"))
-            if results.get("report_csv"):
-                mlflow.log_artifact(results["report_csv"])
-        if args.results_json is not None:
-            write_json_atomically(args.results_json, results)
-    except InputError as error:
-        print(f"inference_sim.py: error: {error}", file=sys.stderr)
-        return 2
+    recipe = results["quantization"]
+    if isinstance(recipe, dict):
+        parts = [f"{kind[0].upper()}{recipe[kind]['bits']}" for kind in ("weights", "activations") if recipe.get(kind)]
+        recipe = "".join(parts) or "fp32"
+    row = {"arch": results["arch"], "recipe": recipe, "images": results["images"], "top1": results["top1"],
+           "top5": results["top5"], "loss": results["loss"]}
+    if "fp32_top1" in results:
+        row.update(fp32_top1=results["fp32_top1"], drop=results["drop"])
+    row.update(backend=results["backend"], processes=results["processes"], seconds=results["eval_seconds"])
+    return pd.DataFrame([row])
+
+
+def print_results(results: dict, table) -> None:
+    if "top1" not in results:
+        print(f"{results['arch']}: precision sweep on {results['images']} images, written to {results['sweep_csv']}")
+        print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+        return
     print(f"{results['arch']}: {results['images']} images, weights {results['weights']}, device {results['device']}")
     if "statistics" in results:
         print(f"activation statistics: {results['statistics']}; backend: {results['backend']}")
@@ -229,7 +332,64 @@ def main(argv: list[str] | None = None) -> int:
     if "fp32_top1" in results:
         print(f"FP32 on the same images: Prec@1 {results['fp32_top1']:.3f} Prec@5 {results['fp32_top5']:.3f} "
               f"(drop {results['drop']:.3f})")
+    for key in ("activation_stats_csv", "dump_file"):
+        if key in results:
+            print(f"{key.replace('_', ' ')}: {results[key]}")
+    print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
     print(f" * Prec@1 {results['top1']:.3f} Prec@5 {results['top5']:.3f}")
+
+
+@contextmanager
+def tracked_run(args: argparse.Namespace, process):
+    """The mlflow run of this invocation (rank 0 only; None elsewhere)."""
+    if not process.is_main:
+        yield None
+        return
+    from inference.tracking import mlflow_run
+
+    arguments = {key: str(value) for key, value in vars(args).items()}
+    with mlflow_run(args.mlflow_uri, args.mlexp or args.arch, {"args": arguments}) as mlflow:
+        yield mlflow
+
+
+def log_to_mlflow(mlflow, results: dict) -> None:
+    from inference.tracking import log_results
+
+    mlflow.log_params({key: str(value)[:500] for key, value in flatten_quantization(results["quantization"]).items()})
+    log_results(mlflow, results, statistics_file=results.get("statistics_file"))
+    for key in ("report_csv", "activation_stats_csv", "sweep_csv", "dump_file"):
+        if results.get(key):
+            mlflow.log_artifact(results[key])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from inference.distributed import ProcessInfo, process_group, process_info
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    process = ProcessInfo()
+    try:
+        process = process_info()
+        if not process.is_main:
+            logging.getLogger().setLevel(logging.ERROR)
+        validated = validate_sweep(args, process) if args.ep else validate(args, process)
+        device = resolve_device(args.device, args.device_ids, process)
+        with process_group(process, device), tracked_run(args, process) as mlflow:
+            if args.ep:
+                results, table = run_sweep(args, validated, process, device)
+            else:
+                results = run(args, validated, process, device)
+                table = results_table(results)
+            if mlflow is not None:
+                log_to_mlflow(mlflow, results)
+        if args.results_json is not None and process.is_main:
+            write_json_atomically(args.results_json, results)
+    except InputError as error:
+        if process.is_main:
+            print(f"inference_sim.py: error: {error}", file=sys.stderr)
+        return 2
+    if process.is_main:
+        print_results(results, table)
     return 0
 
 

@@ -67,9 +67,14 @@ def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> Non
     stats = parser.add_argument_group("activation statistics")
     stats.add_argument("-sm", "--stats-mode", dest="sm", choices=STATS_MODES, default="no",
                        help="no: statistics of each evaluated batch; collect: measure on -cs calibration images, save "
-                            "and use them; use: load them from -sf")
+                            "them (per channel and per tensor, for any later -pcq_a choice) and use them; "
+                            "use: load them from -sf")
     stats.add_argument("-sk", "--stats-kind", dest="sk", choices=("mean", "max"), default="mean",
                        help="reduction over calibration batches: mean of each statistic, or the extremes")
+    stats.add_argument("-sba", "--stats-batch-avg", dest="sba", action="store_true",
+                       help="average each statistic over the calibration batches (the seed's name for -sk mean, the default)")
+    stats.add_argument("-kld", "--kld-threshold", dest="kld", action="store_true",
+                       help="clip with the KL-divergence threshold (the seed's name for -c kld)")
     stats.add_argument("-sf", "--stats-folder", dest="sf", type=Path, default=DEFAULT_STATS_FOLDER,
                        help="folder of statistics files (default: statistics/ in the repository)")
     stats.add_argument("-ac", "--aciq-cal", dest="ac", action="store_true",
@@ -117,16 +122,23 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
         problems.append("-bata sets the target of activation bit allocation: add -baa")
     if args.batw is not None and not args.baw:
         problems.append("-batw sets the target of weight bit allocation: add -baw")
+    if args.kld and args.clipping not in ("no", "kld"):
+        problems.append(f"-kld means -c kld and contradicts -c {args.clipping}: pass one of them")
+    if args.sba and args.sk == "max":
+        problems.append("-sba averages statistics over batches and -sk max takes their extremes: pass one of them")
+    if args.sba and args.sm == "no" and not args.ac:
+        problems.append("-sba concerns statistics over calibration batches: add -sm collect, -sm use or -ac")
     if args.mtq and args.bata is None and args.batw is None:
         problems.append("-mtq (bin allocation) needs a fractional target: add -bata and/or -batw")
     if problems:
         raise UserError(problems[0])
+    clipping = "kld" if args.kld else args.clipping
     try:
         activations = None if activation_bits is None else TensorQuantSpec(
-            activation_bits[1], args.pcq_a, args.clipping, bit_allocation=args.baa,
+            activation_bits[1], args.pcq_a, clipping, bit_allocation=args.baa,
             allocation_target=args.bata, bin_allocation=args.mtq and args.bata is not None)
         weights = None if weight_bits is None else TensorQuantSpec(
-            weight_bits[1], args.pcq_w, args.weight_clipping or args.clipping, bit_allocation=args.baw,
+            weight_bits[1], args.pcq_w, args.weight_clipping or clipping, bit_allocation=args.baw,
             allocation_target=args.batw, bin_allocation=args.mtq and args.batw is not None, kind=weight_bits[0])
         config = QuantConfig(
             activations=activations, weights=weights, prior=Prior(args.bap), rounding=BitRounding(args.bam),

@@ -10,7 +10,8 @@ import torch
 
 from inference.data import LoaderOptions, calibration_data
 from inference.errors import UserError
-from inference.evaluate import EvalResult, evaluate
+from inference.evaluate import EvalResult
+from inference.inspection import Inspection, evaluate_inspected
 from inference.models import ModelSpec
 from inference.quant_flags import statistics_path
 
@@ -26,16 +27,21 @@ class SimulationResult:
     statistics_file: str | None = None
     entropy: dict[str, float] = field(default_factory=dict)
     layer_report: list[dict] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, loader, config,
-             device: torch.device, options: LoaderOptions, measure_error: bool = False) -> SimulationResult:
+             device: torch.device, options: LoaderOptions, measure_error: bool = False,
+             inspection: Inspection = Inspection()) -> SimulationResult:
+    """Under torchrun (``options.process``) calibration batches are split over the processes and
+    their statistics merged exactly before use; only rank 0 writes the statistics file."""
     from pytorch_quantizer.stats_io import StatisticsFile, load_statistics, save_statistics
     from pytorch_quantizer.transform import QuantizedModel
 
     example, _ = next(iter(loader))
     per_channel = config.activations is not None and config.activations.per_channel
     path = statistics_path(args, per_channel)
+    process = options.process
     with QuantizedModel(model, config, example[:2].to(device), measure_error=measure_error) as quantized:
         layers = sorted(quantized.activation_plans())
         result = SimulationResult(EvalResult(0, 0, 0, 0), "on the fly (each evaluated batch)")
@@ -48,18 +54,24 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
             quantized.use_statistics({name: accumulator.reduce(args.sk) for name, accumulator in stored.layers.items()})
             result.statistics, result.statistics_file = f"from {path} ({stored.calibration_images} images)", str(path)
         elif args.sm == "collect" or args.ac:
-            accumulators = quantized.collect_statistics(calibration.loader, device)
+            collecting = args.sm == "collect"
+            accumulators, other = quantized.collect_statistics(calibration.loader, device, also_other_granularity=True) \
+                if collecting else (quantized.collect_statistics(calibration.loader, device), {})
+            process.merge_statistics(accumulators)
+            process.merge_statistics(other)
             images = min(args.cs, len(calibration.loader.dataset))
-            if args.sm == "collect":
+            if collecting and process.is_main:
                 clipping = config.activations.clipping
-                save_statistics(StatisticsFile(args.arch, images, per_channel, args.act_quant_point, clipping,
-                                               accumulators), path)
+                for granularity, layers in ((per_channel, accumulators), (not per_channel, other)):
+                    save_statistics(StatisticsFile(args.arch, images, granularity, args.act_quant_point, clipping,
+                                                   layers), statistics_path(args, granularity))
                 result.statistics_file = str(path)
             quantized.use_statistics({name: accumulator.reduce(args.sk) for name, accumulator in accumulators.items()})
             result.statistics = f"calibrated on {images} images of {calibration.source}"
         if args.bca:
-            quantized.correct_activation_bias(calibration.loader, device)
-        result.evaluation = evaluate(quantized.model, loader, device, args.print_freq, progress=True)
+            quantized.correct_activation_bias(calibration.loader, device, process.sum)
+        result.evaluation, result.files = evaluate_inspected(quantized.model, loader, device, args.print_freq, process,
+                                                             inspection)
         if config.measure_entropy:
             result.entropy = quantized.entropy_summary()
         if measure_error:

@@ -63,7 +63,7 @@ def plan_quantization(stats: TensorStats, spec: TensorQuantSpec, config: QuantCo
     allocate = spec.bits <= BIT_ALLOCATION_MAX_BITS and (spec.bit_allocation or spec.bin_allocation)
     if allocate and spec.bin_allocation:
         bins = allocation.allocate_bins(allocation_scale(stats, config), spec.target_bits).to(stats.mean.device)
-        bits = torch.log2(bins)
+        bits = torch.log2(bins.clamp(min=1.0))  # one level or fewer carries no information: 0 bits
         center = torch.zeros_like(stats.mean) if config.preserve_zero else stats.mean
         alpha = mid_tread_alpha(stats, spec, bits, center)
         return QuantPlan(True, spec.per_channel, bits, center - alpha, center + alpha,

@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -202,9 +203,14 @@ class QuantizedModel:
 
     # --- activations ---------------------------------------------------------------------
 
-    def observed_layers(self) -> dict[str, ObservedLayer]:
-        """What statistics collection must observe for this plan (per layer axis, clipping, bits)."""
-        return {name: observed_layer(plan.activation, ACTIVATION_AXIS) for name, plan in self.activation_plans().items()}
+    def observed_layers(self, per_channel: bool | None = None) -> dict[str, ObservedLayer]:
+        """What statistics collection must observe for this plan (per layer axis, clipping, bits);
+        ``per_channel`` overrides the plan's granularity (a statistics file of the other kind)."""
+        layers = {name: observed_layer(plan.activation, ACTIVATION_AXIS) for name, plan in self.activation_plans().items()}
+        if per_channel is None:
+            return layers
+        axis = ACTIVATION_AXIS if per_channel else None
+        return {name: replace(layer, axis=axis) for name, layer in layers.items()}
 
     def use_statistics(self, stats: dict[str, TensorStats] | None) -> None:
         """Quantize activations with these statistics (offline) instead of each batch's (None)."""
@@ -263,24 +269,33 @@ class QuantizedModel:
 
     # --- statistics collection and activation bias correction ------------------------------
 
-    def collect_statistics(self, batches, device: torch.device) -> dict[str, StatsAccumulator]:
+    def collect_statistics(self, batches, device: torch.device, also_other_granularity: bool = False):
         """Run ``batches`` through the quantized model with on-the-fly statistics and observe each
-        layer's activations before quantization (the statistics offline use will reproduce)."""
+        layer's activations before quantization (the statistics offline use will reproduce).
+
+        Returns {layer: StatsAccumulator} of the plan's granularity; with ``also_other_granularity``
+        a pair (the plan's, the other one's: per tensor for a per-channel plan and vice versa),
+        observed in the same pass."""
         previous = self.activation_stats
         self.activation_stats = None
+        per_channel = any(layer.axis is not None for layer in self.observed_layers().values())
+        variants = [self.observed_layers()] + ([self.observed_layers(not per_channel)] if also_other_granularity else [])
         try:
-            with observing(self.model, self.observed_layers(), self.at_output, self.fused_output) as accumulators:
+            with ExitStack() as stack:
+                collected = [stack.enter_context(observing(self.model, layers, self.at_output, self.fused_output))
+                             for layers in variants]
                 with torch.inference_mode():
                     for inputs, _ in batches:
                         self.model(inputs.to(device))
         finally:
             self.activation_stats = previous
-        return accumulators
+        return tuple(collected) if also_other_granularity else collected[0]
 
     @torch.no_grad()
-    def correct_activation_bias(self, batches, device: torch.device) -> dict[str, torch.Tensor]:
+    def correct_activation_bias(self, batches, device: torch.device, sum_over_processes=None) -> dict[str, torch.Tensor]:
         """-bca: per output channel, the mean of (float layer output - quantized layer output) over
-        ``batches``, both computed from the same (quantized) layer input, added to the layer bias."""
+        ``batches``, both computed from the same (quantized) layer input, added to the layer bias.
+        ``sum_over_processes`` adds the sums and counts of processes that saw other batches."""
         raw_inputs: dict[str, torch.Tensor] = {}
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
@@ -320,9 +335,12 @@ class QuantizedModel:
             for handle in handles:
                 handle.remove()
         corrections = {}
-        for name, total in sums.items():
+        for name in sorted(sums):
+            total, count = sums[name], torch.tensor(counts[name], dtype=torch.float64)
+            if sum_over_processes is not None:
+                total, count = sum_over_processes(total), sum_over_processes(count)
             module = self.model.get_submodule(name)
-            correction = (total / counts[name]).to(module.weight.dtype)
+            correction = (total / count).to(module.weight.dtype)
             if module.bias is None:
                 module.bias = nn.Parameter(torch.zeros_like(correction))
             module.bias.add_(correction)

@@ -99,8 +99,9 @@ def test_imagenet_folder_calibrates_on_train_disjoint_from_val(tiny_imagenet):
     calibration = calibration_data(spec, tiny_imagenet, 100, options)
     assert loader_labels(evaluation) == list(range(1000))
     assert not calibration.overlaps_eval
-    eval_files = {path for path, _ in evaluation.dataset.dataset.samples}
-    calibration_files = {calibration.loader.dataset.dataset.samples[index][0] for index in calibration.loader.dataset.indices}
+    eval_files = {evaluation.dataset.samples[index][0] for batch in evaluation.batch_sampler for index in batch}
+    calibration_files = {calibration.loader.dataset.samples[index][0]
+                         for batch in calibration.loader.batch_sampler for index in batch}
     assert len(calibration_files) == 100 and not eval_files & calibration_files
     assert all("/train/" in path for path in calibration_files)
 

@@ -1,0 +1,114 @@
+"""Looking inside an evaluation: runtime activation statistics (-ms / -mf) and a tensor dump of one
+batch (-dd). Both observe the inputs of every Conv/Linear layer by module name, before any
+quantization of that input, and leave the accuracy untouched."""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from inference.distributed import ProcessInfo
+from inference.evaluate import EvalResult, evaluate
+from pytorch_quantizer.graph import GEMM_LAYERS
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """``stats_csv``: where -ms writes per-layer activation statistics; ``dump_file``: where -dd
+    writes the tensors of the first evaluated batch (None: not asked)."""
+
+    stats_csv: Path | None = None
+    dump_file: Path | None = None
+
+
+def gemm_layer_names(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, GEMM_LAYERS)]
+
+
+@contextmanager
+def measuring_activations(model: nn.Module):
+    """Per-tensor statistics of every Conv/Linear input over the evaluated batches: {name: StatsAccumulator}."""
+    from pytorch_quantizer.observers import ObservedLayer, observing
+
+    layers = {name: ObservedLayer(axis=None, clipping="no", bits=8) for name in gemm_layer_names(model)}
+    with observing(model, layers) as accumulators:
+        yield accumulators
+
+
+def activation_table(accumulators: dict) -> "pd.DataFrame":  # noqa: F821
+    """One row per layer: batches, min / max over batches, and min, max, mean, std, b and the
+    positive fraction averaged over batches."""
+    import pandas as pd
+
+    rows = []
+    for name, accumulator in accumulators.items():
+        if not accumulator.state:
+            continue
+        averaged, extremes = accumulator.reduce("mean"), accumulator.reduce("max")
+        row = {"layer": name, "batches": accumulator.batches,
+               "min": float(extremes.min[0]), "max": float(extremes.max[0])}
+        row.update({f"avg_{key}": float(value[0]) for key, value in averaged.as_dict().items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@torch.inference_mode()
+def dump_batch(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device, path: Path) -> int:
+    """Run one batch and save {images, labels, logits, <layer>.input, <layer>.input_quantized,
+    <layer>.output} as plain tensors (loadable with ``torch.load(..., weights_only=True)``).
+    ``input`` is the value reaching the layer, ``input_quantized`` what its GEMM used."""
+    from pytorch_quantizer.safe_io import write_atomically
+
+    tensors: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def before(name):
+        def hook(module, args):
+            tensors[f"{name}.input"] = args[0].detach().cpu().clone()
+        return hook
+
+    def after(name):
+        def hook(module, args, output):
+            tensors[f"{name}.input_quantized"] = args[0].detach().cpu().clone()
+            tensors[f"{name}.output"] = output.detach().cpu().clone()
+        return hook
+
+    for name in gemm_layer_names(model):
+        module = model.get_submodule(name)
+        handles.append(module.register_forward_pre_hook(before(name), prepend=True))
+        handles.append(module.register_forward_hook(after(name)))
+    try:
+        model.eval()
+        logits = model(inputs.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    tensors.update(images=inputs.cpu(), labels=labels.cpu(), logits=logits.detach().cpu())
+    write_atomically(path, lambda temporary: torch.save(tensors, temporary))
+    return len(tensors)
+
+
+def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_freq: int, process: ProcessInfo,
+                       inspection: Inspection) -> tuple[EvalResult, dict[str, str]]:
+    """``evaluate`` over this process's batches, summed over processes, with the asked inspections;
+    returns the result and {kind: path} of the files written (by rank 0 only)."""
+    files = {}
+    if inspection.dump_file is not None and process.is_main:
+        inputs, labels = next(iter(loader))
+        dump_batch(model, inputs, labels, device, inspection.dump_file)
+        files["dump_file"] = str(inspection.dump_file)
+    measuring = measuring_activations(model) if inspection.stats_csv is not None else nullcontext({})
+    with measuring as accumulators:
+        result = evaluate(model, loader, device, print_freq, progress=process.is_main, sum_over_processes=process.sum)
+    if inspection.stats_csv is not None:
+        process.merge_statistics(accumulators)
+        if process.is_main:
+            from pytorch_quantizer.safe_io import write_atomically
+
+            table = activation_table(accumulators)
+            write_atomically(inspection.stats_csv, lambda temporary: table.to_csv(temporary, index=False))
+            files["activation_stats_csv"] = str(inspection.stats_csv)
+    return result, files
