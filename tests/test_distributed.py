@@ -1,0 +1,64 @@
+"""torchrun: batches split by rank, exact reductions, one mlflow run from rank 0."""
+import json
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+
+from inference.distributed import ProcessInfo, process_info
+from inference.errors import UserError
+
+from conftest import REPO_ROOT
+
+
+def test_shards_cover_every_batch_once_in_order():
+    batches = [[index] for index in range(7)]
+    shards = [ProcessInfo(rank, 3).shard(batches) for rank in range(3)]
+    assert shards == [[[0], [3], [6]], [[1], [4]], [[2], [5]]]
+    with pytest.raises(UserError, match="2 batches cannot be split over 3 processes; lower -b"):
+        ProcessInfo(0, 3).shard(batches[:2])
+
+
+def test_process_info_reads_torchrun_environment():
+    assert process_info({}) == ProcessInfo(0, 1, 0)
+    assert process_info({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == ProcessInfo(1, 2, 1)
+    with pytest.raises(UserError, match="inconsistent"):
+        process_info({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+def test_single_process_sum_and_merge_are_identities():
+    values = torch.tensor([1.5, 2.0])
+    assert ProcessInfo().sum(values) is values
+
+
+def checksum(path):
+    return torch.load(path, weights_only=True)["checksum"]
+
+
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    common = ["-a", "fmnist_resnet20", "-ss", "512", "-b", "64", "-p", "0", "-pcq_w", "-pcq_a", "--qtype", "int4",
+              "-qw", "int4", "-c", "laplace", "-baa", "-baw", "-bcw", "-sm", "collect", "-cs", "256"]
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    outputs = {}
+    for name, launcher in (("single", [sys.executable]),
+                           ("torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                         "--nproc_per_node=2"])):
+        result = subprocess.run([*launcher, "inference/inference_sim.py", *common, "-sf", str(tmp_path / name),
+                                 "--results-json", str(tmp_path / f"{name}.json"), "--mlflow-uri", uri, "-mlexp", name],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs[name] = result.stdout
+    single, parallel = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("single", "torchrun"))
+    assert (parallel["processes"], single["processes"]) == (2, 1)
+    assert (parallel["top1"], parallel["top5"], parallel["images"]) == (single["top1"], single["top5"], single["images"])
+    assert abs(parallel["loss"] - single["loss"]) < 1e-9
+    for granularity in ("per_channel", "per_tensor"):
+        file = f"fmnist_resnet20.{granularity}.input.stats.pt"
+        assert checksum(tmp_path / "torchrun" / file) == checksum(tmp_path / "single" / file)
+    assert outputs["torchrun"].count(" * Prec@1") == 1
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["torchrun"])
+    assert len(runs) == 1 and runs.loc[0, "metrics.processes"] == 2
+    assert runs.loc[0, "metrics.top1"] == single["top1"]
