@@ -22,7 +22,7 @@ from inference.errors import UserError  # noqa: E402
 from pytorch_quantizer.errors import InputError  # noqa: E402
 from inference.models import list_models  # noqa: E402
 from inference.quant_flags import add_quantization_flags  # noqa: E402
-from inference.seed_compat import add_rejected_seed_flags  # noqa: E402
+from inference.seed_compat import add_rejected_seed_flags, translate_seed_long_names  # noqa: E402
 
 DEFAULT_ARCH = "efficientnet_lite0"
 
@@ -365,7 +365,9 @@ def log_to_mlflow(mlflow, results: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     from inference.distributed import ProcessInfo, process_group, process_info
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    known = {option for action in parser._actions for option in action.option_strings}
+    args = parser.parse_args(translate_seed_long_names(sys.argv[1:] if argv is None else list(argv), known))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     process = ProcessInfo()
     try:

@@ -1,5 +1,7 @@
-"""Seed flags that have no meaning in this design: accepted by the parser only to be refused with
-the reason and what to use instead (exit 2, one line), never silently ignored."""
+"""Compatibility with the seed's command lines: its long flag names (``--stats_mode``,
+``--per_channel_quant_act``, ...) are translated to this CLI's, and its flags that have no meaning
+in this design are accepted by the parser only to be refused with the reason and what to use
+instead (exit 2, one line), never silently ignored."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +18,26 @@ REJECTED_SEED_FLAGS = {
     ("-ct", "--custom_test"): "the seed's custom test hook has no meaning here; run the test suite with "
                               "'python -m pytest'",
 }
+
+
+SEED_RENAMED = {
+    "--per_channel_quant_weights": "--per-channel-weights",
+    "--per_channel_quant_act": "--per-channel-activations",
+}
+
+
+def translate_seed_long_names(argv: list[str], known: set[str]) -> list[str]:
+    """``--seed_style_name[=value]`` -> this CLI's ``--seed-style-name`` where that is a known option
+    (or the explicit renames above); every other token is left as it is."""
+    translated = []
+    for token in argv:
+        name, separator, value = token.partition("=")
+        if name.startswith("--") and name not in known:
+            candidate = SEED_RENAMED.get(name, name.replace("_", "-"))
+            if candidate in known:
+                token = candidate + separator + value
+        translated.append(token)
+    return translated
 
 
 class RejectFlag(argparse.Action):

@@ -48,6 +48,7 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
         calibration = None
         if args.sm == "collect" or args.ac or args.bca:
             calibration = calibration_data(spec, args.data, args.cs, options)
+            calibration_batches = progress(calibration.loader, "calibration", process.is_main)
             result.calibration, result.calibration_overlaps_eval = calibration.source, calibration.overlaps_eval
         if args.sm == "use":
             stored = load_statistics(path, args.arch, per_channel, args.act_quant_point, layers)
@@ -55,8 +56,8 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
             result.statistics, result.statistics_file = f"from {path} ({stored.calibration_images} images)", str(path)
         elif args.sm == "collect" or args.ac:
             collecting = args.sm == "collect"
-            accumulators, other = quantized.collect_statistics(calibration.loader, device, also_other_granularity=True) \
-                if collecting else (quantized.collect_statistics(calibration.loader, device), {})
+            accumulators, other = quantized.collect_statistics(calibration_batches, device, also_other_granularity=True) \
+                if collecting else (quantized.collect_statistics(calibration_batches, device), {})
             process.merge_statistics(accumulators)
             process.merge_statistics(other)
             images = min(args.cs, len(calibration.loader.dataset))
@@ -69,7 +70,8 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
             quantized.use_statistics({name: accumulator.reduce(args.sk) for name, accumulator in accumulators.items()})
             result.statistics = f"calibrated on {images} images of {calibration.source}"
         if args.bca:
-            quantized.correct_activation_bias(calibration.loader, device, process.sum)
+            quantized.correct_activation_bias(progress(calibration.loader, "bias correction", process.is_main), device,
+                                              process.sum)
         result.evaluation, result.files = evaluate_inspected(quantized.model, loader, device, args.print_freq, process,
                                                              inspection)
         if config.measure_entropy:
@@ -79,6 +81,13 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
     if result.calibration_overlaps_eval:
         LOG.warning("calibration images overlap the evaluated ones: %s", result.calibration)
     return result
+
+
+def progress(loader, description: str, show: bool):
+    """A tqdm bar over the batches of ``loader`` (drawn by rank 0 only)."""
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=description, unit="batch", disable=not show, leave=False)
 
 
 def require_statistics_file(args: argparse.Namespace, config) -> None:

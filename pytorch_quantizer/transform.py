@@ -269,7 +269,8 @@ class QuantizedModel:
 
     # --- statistics collection and activation bias correction ------------------------------
 
-    def collect_statistics(self, batches, device: torch.device, also_other_granularity: bool = False):
+    def collect_statistics(self, batches, device: torch.device, also_other_granularity: bool = False
+                           ) -> dict[str, StatsAccumulator] | tuple[dict[str, StatsAccumulator], dict[str, StatsAccumulator]]:
         """Run ``batches`` through the quantized model with on-the-fly statistics and observe each
         layer's activations before quantization (the statistics offline use will reproduce).
 

@@ -149,3 +149,16 @@ def test_every_acceptance_command_is_logged_and_read_back(run_cli, tmp_path):
     assert abs(logged - recomputed) < 1e-6
     line = next(line for line in printed["bins"][1].splitlines() if line.startswith("Average bit rate: avg.entropy.act - "))
     assert abs(float(line.split(" - ")[1].split()[0]) - recomputed) < 1e-4
+
+
+def test_seed_long_flag_names_are_translated():
+    from inference.inference_sim import build_parser
+    from inference.seed_compat import translate_seed_long_names
+
+    parser = build_parser()
+    known = {option for action in parser._actions for option in action.option_strings}
+    seed = ["--per_channel_quant_act", "--per_channel_quant_weights", "--hw_scale", "--stats_mode=use", "--qtype", "int4",
+            "--bit_alloc_act", "--bias_corr_weight", "--cal_set_size", "64", "--mlf_experiment", "x", "--eval_precision"]
+    short = ["-pcq_a", "-pcq_w", "-hs", "-sm", "use", "--qtype", "int4", "-baa", "-bcw", "-cs", "64", "-mlexp", "x", "-ep"]
+    assert vars(parser.parse_args(translate_seed_long_names(seed, known))) == vars(parser.parse_args(short))
+    assert translate_seed_long_names(["--not_a_flag", "--data=/x_y"], known) == ["--not_a_flag", "--data=/x_y"]
