@@ -17,8 +17,8 @@ RECIPES = {
     "W8A8 (per-channel, no clipping)": "-pcq_w -pcq_a --qtype int8 -qw int8",
     "W4A4 naive": W4A4,
     "W4A4 + ACIQ laplace": f"{W4A4} -c laplace",
-    "W4A4 + bit alloc (A)": f"{W4A4} -baa",
-    "W4A4 + bit alloc (W)": f"{W4A4} -baw",
+    "W4A4 + laplace + bit alloc (A)": f"{W4A4} -c laplace -baa",
+    "W4A4 + laplace + bit alloc (W)": f"{W4A4} -c laplace -baw",
     "W4A4 + bias corr (W)": f"{W4A4} -bcw",
     "W4A4 full recipe (laplace, -baa -baw -bcw)": f"{W4A4} -c laplace -baa -baw -bcw",
 }

@@ -14,7 +14,7 @@ from pytorch_quantizer.errors import InputError
 
 MIN_BITS, MAX_BITS = 1, 16
 BIT_ALLOCATION_MAX_BITS = 4
-TENSOR_CLIPPING_FOR_ALLOCATION = ("no", "laplace", "gaus")
+TENSOR_CLIPPING_FOR_ALLOCATION = ("laplace", "gaus")
 
 
 class Prior(str, Enum):
@@ -81,8 +81,8 @@ class TensorQuantSpec:
         if allocating and not self.per_channel:
             raise InputError("bit/bin allocation is per channel: add per-channel quantization (-pcq_a / -pcq_w)")
         if allocating and self.clipping not in TENSOR_CLIPPING_FOR_ALLOCATION:
-            raise InputError(f"bit/bin allocation clips each channel for its own bit width: use -c laplace, gaus or no, "
-                             f"not {self.clipping}")
+            raise InputError(f"bit/bin allocation clips each channel with the ACIQ constant of its own bit width: "
+                             f"add -c laplace or -c gaus (not {self.clipping})")
         if self.allocation_target is not None and not 0 < self.allocation_target <= 8:
             raise InputError(f"allocation target must be within (0, 8] bits, got {self.allocation_target}")
         if self.bin_allocation and self.allocation_target is None:

@@ -33,10 +33,6 @@ def allocation_scale(stats: TensorStats, config: QuantConfig) -> torch.Tensor:
     return stats.b if config.prior.value == "laplace" else stats.std
 
 
-def mid_tread_alpha(stats: TensorStats, spec: TensorQuantSpec, bits: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-    if spec.clipping in ("laplace", "gaus"):
-        return aciq_alpha(spec.clipping, stats, bits, non_negative=False)
-    return torch.maximum(stats.max - center, center - stats.min)
 
 
 @dataclass(frozen=True)
@@ -65,7 +61,7 @@ def plan_quantization(stats: TensorStats, spec: TensorQuantSpec, config: QuantCo
         bins = allocation.allocate_bins(allocation_scale(stats, config), spec.target_bits).to(stats.mean.device)
         bits = torch.log2(bins.clamp(min=1.0))  # one level or fewer carries no information: 0 bits
         center = torch.zeros_like(stats.mean) if config.preserve_zero else stats.mean
-        alpha = mid_tread_alpha(stats, spec, bits, center)
+        alpha = aciq_alpha(spec.clipping, stats, bits, non_negative=False)  # laplace or gaus (config checks it)
         return QuantPlan(True, spec.per_channel, bits, center - alpha, center + alpha,
                          center=center, alpha=alpha, bins=bins)
     if allocate:

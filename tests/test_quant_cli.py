@@ -65,7 +65,9 @@ def test_entropy_line_and_kmeans_and_bin_allocation(run_cli, tmp_path):
     (["--qtype", "float4"], "is not intN or f32"),
     (["--qtype", "int4", "-c", "2xstd"], "unknown clipping method '2xstd'"),
     (["--qtype", "int4", "-baa"], "per channel: add per-channel quantization"),
-    (["--qtype", "int4", "-pcq_a", "-c", "kld", "-baa"], "use -c laplace, gaus or no"),
+    (["--qtype", "int4", "-pcq_a", "-c", "kld", "-baa"], "add -c laplace or -c gaus (not kld)"),
+    (["--qtype", "int4", "-pcq_a", "-baa"], "ACIQ constant of its own bit width: add -c laplace or -c gaus (not no)"),
+    (["-qw", "int4", "-pcq_w", "-baw"], "ACIQ constant of its own bit width: add -c laplace or -c gaus (not no)"),
     (["--qtype", "int4", "-pcq_a", "-baa", "-mtq"], "-mtq (bin allocation) needs a fractional target"),
     (["--qtype", "int4", "-pcq_a", "-bata", "5.3"], "-bata sets the target of activation bit allocation: add -baa"),
     (["--qtype", "int4", "-bata", "-1"], "must be a positive number"),
@@ -75,10 +77,15 @@ def test_entropy_line_and_kmeans_and_bin_allocation(run_cli, tmp_path):
     (["-qw", "kmeans4", "-baw"], "-baw needs integer weights"),
     (["-qw", "int4", "-baw"], "per channel: add per-channel quantization"),
 ])
-def test_bad_quantization_flags_exit_2_with_one_line(run_cli, argv, message):
-    code, stdout, stderr = run_cli("-a", "fmnist_resnet20", *argv)
+def test_bad_quantization_flags_exit_2_with_one_line_and_no_mlflow_run(run_cli, tmp_path, argv, message):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    code, stdout, stderr = run_cli("-a", "fmnist_resnet20", *argv, "--mlflow-uri", uri, "-mlexp", "bad")
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
     assert message in stderr and "Prec@1" not in stdout
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.get_experiment_by_name("bad") is None
 
 
 def test_report_csv_and_compare_fp32(run_cli, tmp_path):
