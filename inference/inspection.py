@@ -55,40 +55,46 @@ def activation_table(accumulators: dict) -> "pd.DataFrame":  # noqa: F821
     return pd.DataFrame(rows)
 
 
-@torch.inference_mode()
-def dump_batch(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device, path: Path) -> int:
-    """Run one batch and save {images, labels, logits, <layer>.input, <layer>.input_quantized,
-    <layer>.output} as plain tensors (loadable with ``torch.load(..., weights_only=True)``).
-    ``input`` is the value reaching the layer, ``input_quantized`` what its GEMM used."""
-    from pytorch_quantizer.safe_io import write_atomically
-
+@contextmanager
+def capturing_first_batch(model: nn.Module):
+    """Record, during the first forward pass inside the block, the images, the logits and every
+    Conv/Linear ``<layer>.input`` (the value reaching the layer), ``<layer>.input_quantized`` (what
+    its GEMM used) and ``<layer>.output``; later batches are not recorded. Yields the dict."""
     tensors: dict[str, torch.Tensor] = {}
     handles = []
 
+    def keep(key: str, value: torch.Tensor) -> None:
+        tensors.setdefault(key, value.detach().cpu().clone())
+
     def before(name):
         def hook(module, args):
-            tensors[f"{name}.input"] = args[0].detach().cpu().clone()
+            keep(f"{name}.input", args[0])
         return hook
 
     def after(name):
         def hook(module, args, output):
-            tensors[f"{name}.input_quantized"] = args[0].detach().cpu().clone()
-            tensors[f"{name}.output"] = output.detach().cpu().clone()
+            keep(f"{name}.input_quantized", args[0])
+            keep(f"{name}.output", output)
         return hook
 
+    handles.append(model.register_forward_pre_hook(lambda module, args: keep("images", args[0])))
+    handles.append(model.register_forward_hook(lambda module, args, output: keep("logits", output)))
     for name in gemm_layer_names(model):
         module = model.get_submodule(name)
         handles.append(module.register_forward_pre_hook(before(name), prepend=True))
         handles.append(module.register_forward_hook(after(name)))
     try:
-        model.eval()
-        logits = model(inputs.to(device))
+        yield tensors
     finally:
         for handle in handles:
             handle.remove()
-    tensors.update(images=inputs.cpu(), labels=labels.cpu(), logits=logits.detach().cpu())
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Plain tensors only, loadable with ``torch.load(..., weights_only=True)``; written atomically."""
+    from pytorch_quantizer.safe_io import write_atomically
+
     write_atomically(path, lambda temporary: torch.save(tensors, temporary))
-    return len(tensors)
 
 
 def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_freq: int, process: ProcessInfo,
@@ -96,13 +102,13 @@ def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_fre
     """``evaluate`` over this process's batches, summed over processes, with the asked inspections;
     returns the result and {kind: path} of the files written (by rank 0 only)."""
     files = {}
-    if inspection.dump_file is not None and process.is_main:
-        inputs, labels = next(iter(loader))
-        dump_batch(model, inputs, labels, device, inspection.dump_file)
-        files["dump_file"] = str(inspection.dump_file)
+    dumping = inspection.dump_file is not None and process.is_main
     measuring = measuring_activations(model) if inspection.stats_csv is not None else nullcontext({})
-    with measuring as accumulators:
+    with measuring as accumulators, capturing_first_batch(model) if dumping else nullcontext({}) as captured:
         result = evaluate(model, loader, device, print_freq, progress=process.is_main, sum_over_processes=process.sum)
+    if dumping:
+        save_tensors({**captured, "labels": next(iter(loader))[1]}, inspection.dump_file)
+        files["dump_file"] = str(inspection.dump_file)
     if inspection.stats_csv is not None:
         process.merge_statistics(accumulators)
         if process.is_main:

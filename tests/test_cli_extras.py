@@ -107,10 +107,13 @@ def test_measure_stats_saves_per_layer_statistics_of_the_gemm_inputs(run_cli, tm
     assert code == 0 and (tmp_path / "fp32" / "fmnist_resnet20.activation_stats.csv").is_file()
 
 
-def test_dump_dir_saves_one_batch_of_plain_tensors(run_cli, tmp_path):
-    run_json(run_cli, tmp_path, "-ss", "64", "-b", "32", *W4A4, "-dd", tmp_path / "dump")
+def test_dump_dir_saves_one_batch_of_plain_tensors_without_changing_the_run(run_cli, tmp_path):
+    dumped, _ = run_json(run_cli, tmp_path, "-ss", "64", "-b", "32", *W4A4, "-me", "-dd", tmp_path / "dump")
+    plain, _ = run_json(run_cli, tmp_path, "-ss", "64", "-b", "32", *W4A4, "-me")
+    assert dumped["avg.entropy.act"] == plain["avg.entropy.act"] and dumped["loss"] == plain["loss"]
     tensors = torch.load(tmp_path / "dump" / "fmnist_resnet20.batch0.pt", weights_only=True)
     assert tensors["images"].shape == (32, 1, 28, 28) and tensors["logits"].shape == (32, 10)
+    assert tensors["labels"].shape == (32,) and tensors["labels"].dtype == torch.int64
     assert torch.equal(tensors["conv1.input"], tensors["images"])
     quantized = tensors["layer1.0.conv1.input_quantized"]
     assert quantized.unique().numel() <= 16 < tensors["layer1.0.conv1.input"].unique().numel()
