@@ -33,27 +33,6 @@ def test_seed_flags_without_meaning_are_refused_with_the_reason(run_cli, flag):
     assert f"{flag}: {explanation}" in stderr and "Prec@1" not in stdout
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([*W4A4, "-kld", "-c", "laplace"], "-kld means -c kld and contradicts -c laplace"),
-    ([*W4A4, "-sba", "-sm", "collect", "-sk", "max"], "-sba averages statistics over batches and -sk max"),
-    ([*W4A4, "-sba"], "-sba concerns statistics over calibration batches: add -sm collect, -sm use or -ac"),
-    (["-mf", "/tmp"], "-mf names the folder of -ms: add -ms"),
-    (["-ep", "--qtype", "int4"], "-ep sets --qtype and -qw itself"),
-    (["-ep", "-sm", "collect"], "-ep with -sm: a statistics file holds one precision's ranges"),
-    (["-ep", "--compare-fp32"], "-ep already evaluates FP32"),
-    (["-ep", "-baa"], "bit/bin allocation is per channel"),
-    (["--device_ids", "0"], "--device_ids: CUDA is not available on this machine"),
-    (["--device_ids", "0", "--device", "cpu"], "--device_ids selects CUDA devices and contradicts --device cpu"),
-])
-def test_contradictions_exit_2_with_one_line_and_no_mlflow_run(run_cli, tmp_path, argv, message):
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    code, stdout, stderr = run_cli("-a", "fmnist_resnet20", *argv, "--mlflow-uri", uri, "-mlexp", "bad")
-    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
-    assert message in stderr and "Prec@1" not in stdout
-    mlflow.set_tracking_uri(uri)
-    assert mlflow.get_experiment_by_name("bad") is None
-
-
 def test_entropy_is_refused_under_torchrun_before_any_work(run_cli, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

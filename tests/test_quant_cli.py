@@ -76,8 +76,18 @@ def test_entropy_line_and_kmeans_and_bin_allocation(run_cli, tmp_path):
     (["-sm", "collect"], "-sm collect concerns activation statistics: add --qtype intN"),
     (["-qw", "kmeans4", "-baw"], "-baw needs integer weights"),
     (["-qw", "int4", "-baw"], "per channel: add per-channel quantization"),
+    (["--qtype", "int4", "-kld", "-c", "laplace"], "-kld means -c kld and contradicts -c laplace"),
+    (["--qtype", "int4", "-sba", "-sm", "collect", "-sk", "max"], "-sba averages statistics over batches and -sk max"),
+    (["--qtype", "int4", "-sba"], "-sba concerns statistics over calibration batches: add -sm collect, -sm use or -ac"),
+    (["-mf", "/tmp"], "-mf names the folder of -ms: add -ms"),
+    (["-ep", "--qtype", "int4"], "-ep sets --qtype and -qw itself"),
+    (["-ep", "-sm", "collect"], "-ep with -sm: a statistics file holds one precision's ranges"),
+    (["-ep", "--compare-fp32"], "-ep already evaluates FP32"),
+    (["-ep", "-baa"], "bit/bin allocation is per channel"),
+    (["--device_ids", "0"], "--device_ids: CUDA is not available on this machine"),
+    (["--device_ids", "0", "--device", "cpu"], "--device_ids selects CUDA devices and contradicts --device cpu"),
 ])
-def test_bad_quantization_flags_exit_2_with_one_line_and_no_mlflow_run(run_cli, tmp_path, argv, message):
+def test_bad_flags_exit_2_with_one_line_and_no_mlflow_run(run_cli, tmp_path, argv, message):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
