@@ -166,6 +166,9 @@ def validate(args: argparse.Namespace, process=None):
         raise UserError(f"--report-csv {args.report_csv}: folder {args.report_csv.parent} does not exist")
     if args.mf is not None and not args.ms:
         raise UserError("-mf names the folder of -ms: add -ms")
+    for flag, folder in (("-dd", args.dd), ("-mf", args.mf)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise UserError(f"{flag} {folder}: is a file, not a folder; pass a folder (it is created if missing)")
     if process is not None and process.distributed and (args.me or args.report_csv is not None):
         flag = "-me" if args.me else "--report-csv"
         raise UserError(f"{flag} is measured in one process: run it without torchrun")

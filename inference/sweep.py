@@ -20,8 +20,9 @@ def check_sweep_flags(args: argparse.Namespace) -> None:
                         "each precision in memory, or drop -ep")
     if args.compare_fp32:
         raise UserError("-ep already evaluates FP32 as its first row: drop --compare-fp32")
-    if args.report_csv is not None:
-        raise UserError("-ep runs six precisions: --report-csv describes one; drop one of them")
+    for flag, given in (("--report-csv", args.report_csv is not None), ("-ms", args.ms), ("-dd", args.dd is not None)):
+        if given:
+            raise UserError(f"-ep runs six precisions and {flag} describes one run: drop one of them")
 
 
 def precision_args(args: argparse.Namespace, precision: str) -> argparse.Namespace:
