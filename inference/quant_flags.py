@@ -35,8 +35,10 @@ def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> Non
     group.add_argument("-c", "--clipping", default="no",
                        help="clipping: no, laplace, gaus, Kstd (e.g. 2std), kld, mix, pct, mse (default: no)")
     group.add_argument("--weight-clipping", default=None, help="clipping of weights (default: the same as -c)")
-    group.add_argument("-baa", "--bit-alloc-act", dest="baa", action="store_true", help="per-channel bit allocation of activations")
-    group.add_argument("-baw", "--bit-alloc-weight", dest="baw", action="store_true", help="per-channel bit allocation of weights")
+    group.add_argument("-baa", "--bit-alloc-act", dest="baa", action="store_true",
+                       help="per-channel bit allocation of activations (implies -pcq_a; needs -c laplace or gaus)")
+    group.add_argument("-baw", "--bit-alloc-weight", dest="baw", action="store_true",
+                       help="per-channel bit allocation of weights (implies -pcq_w; needs -c laplace or gaus)")
     group.add_argument("-bam", "--bit-alloc-rmode", dest="bam", choices=("round", "ceil"), default="round",
                        help="rounding of allocated bits (default: round)")
     group.add_argument("-bap", "--bit-alloc-prior", dest="bap", choices=("gaus", "laplace"), default="gaus",
@@ -134,11 +136,12 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
         raise UserError(problems[0])
     clipping = "kld" if args.kld else args.clipping
     try:
+        # allocation is per channel by nature: -baa / -baw imply per-channel quantization of their tensors
         activations = None if activation_bits is None else TensorQuantSpec(
-            activation_bits[1], args.pcq_a, clipping, bit_allocation=args.baa,
+            activation_bits[1], args.pcq_a or args.baa, clipping, bit_allocation=args.baa,
             allocation_target=args.bata, bin_allocation=args.mtq and args.bata is not None)
         weights = None if weight_bits is None else TensorQuantSpec(
-            weight_bits[1], args.pcq_w, args.weight_clipping or clipping, bit_allocation=args.baw,
+            weight_bits[1], args.pcq_w or args.baw, args.weight_clipping or clipping, bit_allocation=args.baw,
             allocation_target=args.batw, bin_allocation=args.mtq and args.batw is not None, kind=weight_bits[0])
         config = QuantConfig(
             activations=activations, weights=weights, prior=Prior(args.bap), rounding=BitRounding(args.bam),

@@ -102,8 +102,11 @@ def test_bad_input_exits_2_with_one_line(run_cli, tmp_path, monkeypatch, make_ar
     assert "Traceback" not in stderr and "Prec@1" not in stdout
 
 
-def test_bad_input_from_a_real_process_is_one_line_without_traceback(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "-a", "resnet50"], capture_output=True, text=True,
+def test_seed_command_without_imagenet_weights_is_one_line_without_traceback(tmp_path):
+    """The seed's own command validates and stops only at the missing weights, naming the fix."""
+    seed_command = ["-a", "resnet50", "--qtype", "int4", "-c", "laplace", "-baa", "-baw", "-bcw"]
+    done = subprocess.run([sys.executable, str(SCRIPT), *seed_command], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path)}, timeout=120)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "--weights" in done.stderr
+    assert "resnet50-0676ba61.pth" in done.stderr

@@ -144,3 +144,17 @@ def test_seed_long_flag_names_are_translated():
     short = ["-pcq_a", "-pcq_w", "-hs", "-sm", "use", "--qtype", "int4", "-baa", "-bcw", "-cs", "64", "-mlexp", "x", "-ep"]
     assert vars(parser.parse_args(translate_seed_long_names(seed, known))) == vars(parser.parse_args(short))
     assert translate_seed_long_names(["--not_a_flag", "--data=/x_y"], known) == ["--not_a_flag", "--data=/x_y"]
+
+
+def test_seed_command_runs_end_to_end_on_resnet50_architecture(run_cli, tmp_path):
+    """The seed's exact flags (no -pcq_a: bit allocation implies per-channel tensors) on ResNet-50 with random
+    weights standing in for the ImageNet ones, on the 20 embedded photos."""
+    out = tmp_path / "seed.json"
+    code, stdout, stderr = run_cli("-a", "resnet50", "--qtype", "int4", "-c", "laplace", "-baa", "-baw", "-bcw",
+                                   "--random-init", "-p", "0", "--results-json", out)
+    assert code == 0, stderr
+    result = json.loads(out.read_text())
+    assert result["images"] == 20 and " * Prec@1" in stdout
+    activations, weights = result["quantization"]["activations"], result["quantization"]["weights"]
+    assert activations["per_channel"] and activations["bit_allocation"] and activations["bits"] == 4
+    assert weights["per_channel"] and weights["bits"] == 8 and result["quantization"]["bias_correct_weights"]
