@@ -5,7 +5,7 @@ The evaluated images and the calibration images are split by whole batches (rank
 r, r + N, r + 2N, ... of the single-process order), so every batch is exactly the batch one process
 would see and per-batch statistics do not change. Image counts, correct counts and losses are
 summed; statistics accumulators are merged exactly (batch counts and sums add, minima and maxima
-compare); activation bias corrections sum their differences. Only rank 0 prints, logs the mlflow
+compare); activation bias corrections sum their differences; entropy histograms and error sums add. Only rank 0 prints, logs the mlflow
 run and writes files. gloo on CPU, nccl on CUDA. One process needs no torchrun.
 """
 from __future__ import annotations

@@ -169,9 +169,6 @@ def validate(args: argparse.Namespace, process=None):
     for flag, folder in (("-dd", args.dd), ("-mf", args.mf)):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise UserError(f"{flag} {folder}: is a file, not a folder; pass a folder (it is created if missing)")
-    if process is not None and process.distributed and (args.me or args.report_csv is not None):
-        flag = "-me" if args.me else "--report-csv"
-        raise UserError(f"{flag} is measured in one process: run it without torchrun")
     spec = get_model_spec(args.arch)
     config = quant_config_from_args(args, spec)
     if config is not None:

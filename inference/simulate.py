@@ -74,6 +74,8 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
                                               process.sum)
         result.evaluation, result.files = evaluate_inspected(quantized.model, loader, device, args.print_freq, process,
                                                              inspection)
+        if process.distributed and (config.measure_entropy or measure_error):
+            quantized.merge_activation_measures(process.sum)
         if config.measure_entropy:
             result.entropy = quantized.entropy_summary()
         if measure_error:

@@ -59,6 +59,15 @@ class LayerMeasures:
         counts = backend.code_histogram(codes, -CODE_OFFSET, 2 * CODE_OFFSET).cpu()
         self.histogram = counts if self.histogram is None else self.histogram + counts
 
+    def merge(self, sum_over_processes) -> None:
+        """Add the histogram, element count and error sums of every process (``sum_over_processes``
+        is an all-reduce sum such as ``ProcessInfo.sum``); the counts add exactly."""
+        if self.histogram is not None:
+            self.histogram = sum_over_processes(self.histogram)
+        totals = sum_over_processes(torch.tensor([self.squared_error, self.signal_energy], dtype=torch.float64))
+        self.squared_error, self.signal_energy = (float(value) for value in totals)
+        self.elements = int(sum_over_processes(torch.tensor(self.elements, dtype=torch.int64)))
+
     def add_error(self, reference: torch.Tensor, quantized: torch.Tensor) -> None:
         self.error_measured = True
         self.squared_error += float((quantized.float() - reference.float()).square().sum())
@@ -349,6 +358,12 @@ class QuantizedModel:
         return corrections
 
     # --- results ------------------------------------------------------------------------
+
+    def merge_activation_measures(self, sum_over_processes) -> None:
+        """Combine the activation figures of processes that evaluated other batches (weights are the
+        same in every process and are not summed)."""
+        for name in sorted(self.activation_measures):
+            self.activation_measures[name].merge(sum_over_processes)
 
     def entropy_summary(self) -> dict[str, float]:
         """Per-layer entropy / Huffman bits and their element-weighted averages."""

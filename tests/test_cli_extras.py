@@ -33,13 +33,6 @@ def test_seed_flags_without_meaning_are_refused_with_the_reason(run_cli, flag):
     assert f"{flag}: {explanation}" in stderr and "Prec@1" not in stdout
 
 
-def test_entropy_is_refused_under_torchrun_before_any_work(run_cli, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    code, _, stderr = run_cli("-a", "fmnist_resnet20", *W4A4, "-me")
-    assert code == 2 and "-me is measured in one process: run it without torchrun" in stderr
-
-
 def test_kld_and_sba_are_the_seed_names_of_c_kld_and_sk_mean(run_cli, tmp_path):
     common = ["-ss", "200", "-b", "100", *W4A4, "-ac", "-cs", "200"]
     alias, _ = run_json(run_cli, tmp_path, *common, "-kld")

@@ -39,7 +39,7 @@ def checksum(path):
 
 def test_torchrun_two_processes_equal_one_process(tmp_path):
     common = ["-a", "fmnist_resnet20", "-ss", "512", "-b", "64", "-p", "0", "-pcq_w", "-pcq_a", "--qtype", "int4",
-              "-qw", "int4", "-c", "laplace", "-baa", "-baw", "-bcw", "-sm", "collect", "-cs", "256"]
+              "-qw", "int4", "-c", "laplace", "-baa", "-baw", "-bcw", "-sm", "collect", "-cs", "256", "-me"]
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     outputs = {}
     for name, launcher in (("single", [sys.executable]),
@@ -54,6 +54,8 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     assert (parallel["processes"], single["processes"]) == (2, 1)
     assert (parallel["top1"], parallel["top5"], parallel["images"]) == (single["top1"], single["top5"], single["images"])
     assert abs(parallel["loss"] - single["loss"]) < 1e-9
+    assert parallel["avg.entropy.act"] == single["avg.entropy.act"]
+    assert parallel["avg.huffman.act"] == single["avg.huffman.act"]
     for granularity in ("per_channel", "per_tensor"):
         file = f"fmnist_resnet20.{granularity}.input.stats.pt"
         assert checksum(tmp_path / "torchrun" / file) == checksum(tmp_path / "single" / file)
