@@ -5,8 +5,9 @@ The evaluated images and the calibration images are split by whole batches (rank
 r, r + N, r + 2N, ... of the single-process order), so every batch is exactly the batch one process
 would see and per-batch statistics do not change. Image counts, correct counts and losses are
 summed; statistics accumulators are merged exactly (batch counts and sums add, minima and maxima
-compare); activation bias corrections sum their differences; entropy histograms and error sums add. Only rank 0 prints, logs the mlflow
-run and writes files. gloo on CPU, nccl on CUDA. One process needs no torchrun.
+compare); activation bias corrections sum their differences; entropy histograms and error sums
+add. Only rank 0 prints, logs the mlflow run and writes files. gloo on CPU, nccl on CUDA. One
+process needs no torchrun.
 """
 from __future__ import annotations
 
@@ -59,16 +60,12 @@ class ProcessInfo:
         extremes take the minimum or the maximum (the same rule as ``StatsAccumulator.merge``)."""
         if not self.distributed:
             return
-        from pytorch_quantizer.observers import takes_minimum
+        from pytorch_quantizer.observers import merge_rule
 
         for name in sorted(accumulators):
             state = accumulators[name].state
             for key in sorted(state):
-                if key == "count" or key.startswith("sum."):
-                    state[key] = self._reduce(state[key], "SUM")
-                else:
-                    statistic = key[len("ext."):]
-                    state[key] = self._reduce(state[key], "MIN" if takes_minimum(statistic) else "MAX")
+                state[key] = self._reduce(state[key], merge_rule(key).upper())
 
 
 def process_info(environ=None) -> ProcessInfo:

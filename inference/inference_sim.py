@@ -146,13 +146,7 @@ def resolve_device(requested: str | None, device_ids: list[int] | None = None, p
     return device
 
 
-def write_json_atomically(path: Path, payload: dict) -> None:
-    from pytorch_quantizer.safe_io import write_atomically
-
-    write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(payload, indent=2) + "\n"))
-
-
-def validate(args: argparse.Namespace, process=None):
+def validate(args: argparse.Namespace):
     """Every check that needs no data or model, before any work: returns (model spec, QuantConfig or None)."""
     from inference.models import get_model_spec
     from inference.quant_flags import quant_config_from_args
@@ -179,7 +173,7 @@ def validate(args: argparse.Namespace, process=None):
     return spec, config
 
 
-def validate_sweep(args: argparse.Namespace, process=None) -> dict:
+def validate_sweep(args: argparse.Namespace) -> dict:
     """-ep: the sweep's own contradictions, then every row's flags: {precision: (args, validated)}."""
     from inference.sweep import SWEEP_PRECISIONS, check_sweep_flags, precision_args
 
@@ -189,25 +183,16 @@ def validate_sweep(args: argparse.Namespace, process=None) -> dict:
     rows = {}
     for precision in SWEEP_PRECISIONS:
         row = precision_args(args, precision)
-        rows[precision] = (row, validate(row, process))
+        rows[precision] = (row, validate(row))
     return rows
-
-
-def write_csv_atomically(path: Path, rows: list[dict]) -> None:
-    import pandas as pd
-
-    from pytorch_quantizer.safe_io import write_atomically
-
-    write_atomically(path, lambda temporary: pd.DataFrame(rows).to_csv(temporary, index=False))
 
 
 def inspection_for(args: argparse.Namespace):
     from inference.inspection import Inspection
-    from inference.quant_flags import DEFAULT_STATS_FOLDER
 
     stats_csv = dump_file = None
     if args.ms:
-        folder = args.mf or (args.sf if args.sf is not None else DEFAULT_STATS_FOLDER)
+        folder = args.mf or args.sf
         folder.mkdir(parents=True, exist_ok=True)
         stats_csv = folder / f"{args.arch}.activation_stats.csv"
     if args.dd is not None:
@@ -220,6 +205,7 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None) -> 
     """Evaluate per ``args``; ``validated`` is what ``validate(args)`` returned, if already called.
     Under torchrun (``process``) every process calls it on its share of the batches; the returned
     figures are the totals over all processes."""
+    import pandas as pd
     import torch
 
     from inference.data import LoaderOptions, evaluation_loader
@@ -227,11 +213,12 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None) -> 
     from inference.evaluate import evaluate
     from inference.inspection import evaluate_inspected
     from inference.models import create_model
+    from inference.output_files import write_csv_atomically
     from inference.simulate import simulate
     from pytorch_quantizer import backend
 
     process = process or ProcessInfo()
-    spec, config = validated or validate(args, process)
+    spec, config = validated or validate(args)
     backend.set_backend(args.backend)
     device = device or resolve_device(args.device, args.device_ids, process)
     torch.manual_seed(args.seed)
@@ -248,7 +235,7 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None) -> 
                               measure_error=args.report_csv is not None, inspection=inspection)
         result, extra = simulation.evaluation, dict(simulation.files)
         if args.report_csv is not None:
-            write_csv_atomically(args.report_csv, simulation.layer_report)
+            write_csv_atomically(args.report_csv, pd.DataFrame(simulation.layer_report))
             extra["report_csv"] = str(args.report_csv)
         if args.compare_fp32:
             fp32 = evaluate(model, loader, device, args.print_freq, progress=process.is_main,
@@ -270,6 +257,7 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None) -> 
 
 def run_sweep(args: argparse.Namespace, rows: dict, process, device) -> tuple[dict, "pd.DataFrame"]:  # noqa: F821
     """-ep: every precision of ``validate_sweep`` in turn; the CSV is written by rank 0."""
+    from inference.output_files import write_csv_atomically
     from inference.sweep import sweep_table
 
     results = {precision: run(row, validated, process, device) for precision, (row, validated) in rows.items()}
@@ -281,7 +269,7 @@ def run_sweep(args: argparse.Namespace, rows: dict, process, device) -> tuple[di
         summary.update({f"{key}.{record['precision']}": record[key] for key in ("top1", "top5", "loss", "drop")})
     if process.is_main:
         path = args.sweep_csv or Path(f"precision_sweep_{args.arch}.csv")
-        write_csv_atomically(path, table.to_dict("records"))
+        write_csv_atomically(path, table)
         summary["sweep_csv"] = str(path)
     return summary, table
 
@@ -364,6 +352,7 @@ def log_to_mlflow(mlflow, results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from inference.distributed import ProcessInfo, process_group, process_info
+    from inference.output_files import write_json_atomically
 
     parser = build_parser()
     known = {option for action in parser._actions for option in action.option_strings}
@@ -374,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         process = process_info()
         if not process.is_main:
             logging.getLogger().setLevel(logging.ERROR)
-        validated = validate_sweep(args, process) if args.ep else validate(args, process)
+        validated = validate_sweep(args) if args.ep else validate(args)
         device = resolve_device(args.device, args.device_ids, process)
         with process_group(process, device), tracked_run(args, process) as mlflow:
             if args.ep:

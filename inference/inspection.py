@@ -12,6 +12,7 @@ from torch import nn
 
 from inference.distributed import ProcessInfo
 from inference.evaluate import EvalResult, evaluate
+from inference.output_files import save_tensors, write_csv_atomically
 from pytorch_quantizer.graph import GEMM_LAYERS
 
 
@@ -90,13 +91,6 @@ def capturing_first_batch(model: nn.Module):
             handle.remove()
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Plain tensors only, loadable with ``torch.load(..., weights_only=True)``; written atomically."""
-    from pytorch_quantizer.safe_io import write_atomically
-
-    write_atomically(path, lambda temporary: torch.save(tensors, temporary))
-
-
 def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_freq: int, process: ProcessInfo,
                        inspection: Inspection) -> tuple[EvalResult, dict[str, str]]:
     """``evaluate`` over this process's batches, summed over processes, with the asked inspections;
@@ -112,9 +106,6 @@ def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_fre
     if inspection.stats_csv is not None:
         process.merge_statistics(accumulators)
         if process.is_main:
-            from pytorch_quantizer.safe_io import write_atomically
-
-            table = activation_table(accumulators)
-            write_atomically(inspection.stats_csv, lambda temporary: table.to_csv(temporary, index=False))
+            write_csv_atomically(inspection.stats_csv, activation_table(accumulators))
             files["activation_stats_csv"] = str(inspection.stats_csv)
     return result, files

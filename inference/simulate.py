@@ -56,8 +56,10 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
             result.statistics, result.statistics_file = f"from {path} ({stored.calibration_images} images)", str(path)
         elif args.sm == "collect" or args.ac:
             collecting = args.sm == "collect"
-            accumulators, other = quantized.collect_statistics(calibration_batches, device, also_other_granularity=True) \
-                if collecting else (quantized.collect_statistics(calibration_batches, device), {})
+            if collecting:
+                accumulators, other = quantized.collect_statistics(calibration_batches, device, also_other_granularity=True)
+            else:
+                accumulators, other = quantized.collect_statistics(calibration_batches, device), {}
             process.merge_statistics(accumulators)
             process.merge_statistics(other)
             images = min(args.cs, len(calibration.loader.dataset))

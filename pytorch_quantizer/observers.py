@@ -30,6 +30,14 @@ def takes_minimum(name: str) -> bool:
     return name in MINIMUM_KEYS or name.endswith(".lo")
 
 
+def merge_rule(key: str) -> str:
+    """How one accumulator state entry combines across shards: "sum" for the batch count and the
+    sums, "min" or "max" for the extremes."""
+    if key == "count" or key.startswith("sum."):
+        return "sum"
+    return "min" if takes_minimum(key[len("ext."):]) else "max"
+
+
 @dataclass(frozen=True)
 class ObservedLayer:
     """What to observe at one layer: the channel axis (None: per tensor) and, for clipping methods
@@ -70,13 +78,9 @@ class StatsAccumulator:
         if not self.state:
             self.state = {name: value.clone() for name, value in other.state.items()}
             return
+        combine = {"sum": torch.add, "min": torch.minimum, "max": torch.maximum}
         for name, value in other.state.items():
-            if name == "count" or name.startswith("sum."):
-                self.state[name] = self.state[name] + value
-            else:
-                key = name[len("ext."):]
-                combine = torch.minimum if takes_minimum(key) else torch.maximum
-                self.state[name] = combine(self.state[name], value)
+            self.state[name] = combine[merge_rule(name)](self.state[name], value)
 
     def reduce(self, kind: str) -> TensorStats:
         if not self.state:

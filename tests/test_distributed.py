@@ -64,3 +64,20 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     runs = mlflow.search_runs(experiment_names=["torchrun"])
     assert len(runs) == 1 and runs.loc[0, "metrics.processes"] == 2
     assert runs.loc[0, "metrics.top1"] == single["top1"]
+
+
+def test_merging_shard_accumulators_equals_one_accumulator_of_all_batches():
+    from pytorch_quantizer.observers import StatsAccumulator
+    from pytorch_quantizer.stats import compute_stats
+
+    batches = [torch.relu(torch.randn(8, 4, 5, 5, generator=torch.Generator().manual_seed(seed))) for seed in range(5)]
+    whole, even, odd = StatsAccumulator(), StatsAccumulator(), StatsAccumulator()
+    for index, batch in enumerate(batches):
+        stats = compute_stats(batch, axis=1)
+        whole.update(stats)
+        (even if index % 2 == 0 else odd).update(stats)
+    even.merge(odd)
+    assert even.batches == whole.batches == 5
+    for kind in ("mean", "max"):
+        merged, single = even.reduce(kind).as_dict(), whole.reduce(kind).as_dict()
+        assert all(torch.allclose(merged[key], single[key], rtol=1e-6, atol=0) for key in single)
