@@ -3,6 +3,10 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <type_traits>
+#include <utility>
+
 #include "quant_math.h"
 
 namespace ptq {
@@ -65,5 +69,64 @@ inline DensePair dense_pair(const at::Tensor& x) {
 }
 
 inline at::Tensor dense(const at::Tensor& x) { return x.is_non_overlapping_and_dense() ? x : x.contiguous(); }
+
+// channel_mean_abs_dev's inputs: float32 x (not empty) and one floating-point mean per channel.
+inline void check_mean_abs_dev_inputs(const at::Tensor& x, const at::Tensor& mean, int64_t axis) {
+  check_input(x, axis, "channel_mean_abs_dev");
+  TORCH_CHECK(mean.is_floating_point(), "channel_mean_abs_dev: mean must be floating point, got ", mean.scalar_type());
+  check_channel_vector(mean, "mean", x, axis, "channel_mean_abs_dev");
+  TORCH_CHECK(x.numel() > 0, "channel_mean_abs_dev: x is empty");
+}
+
+// The names of the three per-channel parameter vectors of each quantizer, for error messages.
+inline constexpr const char* kGemmlowpNames[3] = {"scale", "zero_point", "qmax"};
+inline constexpr const char* kMidTreadNames[3] = {"center", "alpha", "bins"};
+
+// check_input plus the three per-channel parameter vectors, checked against x and made contiguous.
+inline std::array<at::Tensor, 3> checked_params(const char* op, const at::Tensor& x, const at::Tensor& p0,
+                                                const at::Tensor& p1, const at::Tensor& p2,
+                                                const char* const (&names)[3], int64_t axis) {
+  check_input(x, axis, op);
+  std::array<at::Tensor, 3> params{p0.contiguous(), p1.contiguous(), p2.contiguous()};
+  for (size_t i = 0; i < params.size(); ++i) check_float_vector(params[i], names[i], x, axis, op);
+  return params;
+}
+
+// run(s, k) with the runtime flags as std::bool_constant arguments, so that each combination of
+// stochastic rounding and code output is a separately compiled kernel.
+template <class Run>
+void with_static_flags(bool stochastic, bool codes, const Run& run) {
+  if (stochastic) {
+    codes ? run(std::true_type{}, std::true_type{}) : run(std::true_type{}, std::false_type{});
+  } else {
+    codes ? run(std::false_type{}, std::true_type{}) : run(std::false_type{}, std::false_type{});
+  }
+}
+
+// The four quantize ops of one device around Device::template run<Op>(op, x, p0, p1, p2, names, axis,
+// seed, stochastic, codes), registered with TORCH_LIBRARY_IMPL by each device's source file.
+template <class Device>
+struct QuantizeOps {
+  static at::Tensor fake_quant(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                               const at::Tensor& qmax, int64_t axis, int64_t seed, bool stochastic) {
+    return Device::template run<Gemmlowp>("fake_quant", x, scale, zero_point, qmax, kGemmlowpNames, axis, seed,
+                                          stochastic, false);
+  }
+  static at::Tensor quant_codes(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                                const at::Tensor& qmax, int64_t axis, int64_t seed, bool stochastic) {
+    return Device::template run<Gemmlowp>("quant_codes", x, scale, zero_point, qmax, kGemmlowpNames, axis, seed,
+                                          stochastic, true);
+  }
+  static at::Tensor fake_quant_mid_tread(const at::Tensor& x, const at::Tensor& center, const at::Tensor& alpha,
+                                         const at::Tensor& bins, int64_t axis, int64_t seed, bool stochastic) {
+    return Device::template run<MidTread>("fake_quant_mid_tread", x, center, alpha, bins, kMidTreadNames, axis,
+                                          seed, stochastic, false);
+  }
+  static at::Tensor mid_tread_codes(const at::Tensor& x, const at::Tensor& center, const at::Tensor& alpha,
+                                    const at::Tensor& bins, int64_t axis, int64_t seed, bool stochastic) {
+    return Device::template run<MidTread>("mid_tread_codes", x, center, alpha, bins, kMidTreadNames, axis, seed,
+                                          stochastic, true);
+  }
+};
 
 }  // namespace ptq

@@ -112,11 +112,7 @@ template <class Op>
 at::Tensor quantize_cpu(const char* op, const at::Tensor& x, const at::Tensor& p0, const at::Tensor& p1,
                         const at::Tensor& p2, const char* const (&names)[3], int64_t axis, int64_t seed,
                         bool stochastic, bool codes) {
-  check_input(x, axis, op);
-  const at::Tensor c0 = p0.contiguous(), c1 = p1.contiguous(), c2 = p2.contiguous();
-  check_float_vector(c0, names[0], x, axis, op);
-  check_float_vector(c1, names[1], x, axis, op);
-  check_float_vector(c2, names[2], x, axis, op);
+  const auto [c0, c1, c2] = checked_params(op, x, p0, p1, p2, names, axis);
   const float *v0 = c0.data_ptr<float>(), *v1 = c1.data_ptr<float>(), *v2 = c2.data_ptr<float>();
   std::vector<Params> params(c0.numel());
   for (size_t c = 0; c < params.size(); ++c) params[c] = Op::prepare(v0[c], v1[c], v2[c]);
@@ -128,38 +124,14 @@ at::Tensor quantize_cpu(const char* op, const at::Tensor& x, const at::Tensor& p
   const auto run = [&](auto s, auto k) {
     quantize_layout<Op, decltype(s)::value, decltype(k)::value>(src, out, lay, params, key);
   };
-  if (stochastic) {
-    codes ? run(std::true_type{}, std::true_type{}) : run(std::true_type{}, std::false_type{});
-  } else {
-    codes ? run(std::false_type{}, std::true_type{}) : run(std::false_type{}, std::false_type{});
-  }
+  with_static_flags(stochastic, codes, run);
   return dp.out;
 }
 
-constexpr const char* kGemmlowpNames[3] = {"scale", "zero_point", "qmax"};
-constexpr const char* kMidTreadNames[3] = {"center", "alpha", "bins"};
-
-at::Tensor fake_quant(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-                      const at::Tensor& qmax, int64_t axis, int64_t seed, bool stochastic) {
-  return quantize_cpu<Gemmlowp>("fake_quant", x, scale, zero_point, qmax, kGemmlowpNames, axis, seed, stochastic, false);
-}
-
-at::Tensor quant_codes(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-                       const at::Tensor& qmax, int64_t axis, int64_t seed, bool stochastic) {
-  return quantize_cpu<Gemmlowp>("quant_codes", x, scale, zero_point, qmax, kGemmlowpNames, axis, seed, stochastic, true);
-}
-
-at::Tensor fake_quant_mid_tread(const at::Tensor& x, const at::Tensor& center, const at::Tensor& alpha,
-                                const at::Tensor& bins, int64_t axis, int64_t seed, bool stochastic) {
-  return quantize_cpu<MidTread>("fake_quant_mid_tread", x, center, alpha, bins, kMidTreadNames, axis, seed,
-                                stochastic, false);
-}
-
-at::Tensor mid_tread_codes(const at::Tensor& x, const at::Tensor& center, const at::Tensor& alpha,
-                           const at::Tensor& bins, int64_t axis, int64_t seed, bool stochastic) {
-  return quantize_cpu<MidTread>("mid_tread_codes", x, center, alpha, bins, kMidTreadNames, axis, seed, stochastic,
-                                true);
-}
+struct CpuQuantize {
+  template <class Op, class... Args>
+  static at::Tensor run(Args&&... args) { return quantize_cpu<Op>(std::forward<Args>(args)...); }
+};
 
 // Accumulators at n positions, one array per field so that the update loop vectorises.
 struct MomentsLanes {
@@ -308,10 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> channel_stats(const a
 }
 
 at::Tensor channel_mean_abs_dev(const at::Tensor& x, const at::Tensor& mean, int64_t axis) {
-  check_input(x, axis, "channel_mean_abs_dev");
-  TORCH_CHECK(mean.is_floating_point(), "channel_mean_abs_dev: mean must be floating point, got ", mean.scalar_type());
-  check_channel_vector(mean, "mean", x, axis, "channel_mean_abs_dev");
-  TORCH_CHECK(x.numel() > 0, "channel_mean_abs_dev: x is empty");
+  check_mean_abs_dev_inputs(x, mean, axis);
   const at::Tensor src = dense(x);
   const at::Tensor centers = mean.to(at::kDouble).contiguous();
   const std::vector<AbsDevAcc> acc =
@@ -368,10 +337,10 @@ TORCH_LIBRARY(ptq_kernels, m) {
 }
 
 TORCH_LIBRARY_IMPL(ptq_kernels, CPU, m) {
-  m.impl("fake_quant", &ptq::fake_quant);
-  m.impl("quant_codes", &ptq::quant_codes);
-  m.impl("fake_quant_mid_tread", &ptq::fake_quant_mid_tread);
-  m.impl("mid_tread_codes", &ptq::mid_tread_codes);
+  m.impl("fake_quant", &ptq::QuantizeOps<ptq::CpuQuantize>::fake_quant);
+  m.impl("quant_codes", &ptq::QuantizeOps<ptq::CpuQuantize>::quant_codes);
+  m.impl("fake_quant_mid_tread", &ptq::QuantizeOps<ptq::CpuQuantize>::fake_quant_mid_tread);
+  m.impl("mid_tread_codes", &ptq::QuantizeOps<ptq::CpuQuantize>::mid_tread_codes);
   m.impl("code_histogram", &ptq::code_histogram);
   m.impl("channel_stats", &ptq::channel_stats);
   m.impl("channel_mean_abs_dev", &ptq::channel_mean_abs_dev);
