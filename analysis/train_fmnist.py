@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     loader = torch.utils.data.DataLoader(
         test_set, sampler=torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(test_set), 500, False), batch_size=None
     )
-    result = evaluate(model, loader, device)
+    result, _ = evaluate(model, loader, device)
     out = args.out or REPO_ROOT / "inference" / "checkpoints" / f"{args.arch}.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}

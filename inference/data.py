@@ -1,18 +1,18 @@
-"""Evaluation and calibration data for the registry's datasets.
+"""Evaluation and calibration data of a run.
 
-- ImageNet: ``--data DIR`` in ImageFolder layout (``DIR/val/<wnid>/*.JPEG``, calibration from
-  ``DIR/train`` when present); without ``--data``, the 20 labelled ImageNet validation photos shipped
-  in the foolbox package (label = last number of ``imagenet_NN_LABEL.jpg``).
-- Fashion-MNIST: the idx files of ``--data DIR`` or of the Debian package; the 10,000 test images
-  are evaluated, calibration draws from the 60,000 training images.
+- ImageNet: ``--data DIR`` with ``DIR/val/<class>/<image>`` (class folders by WordNet id, any subset
+  of classes, or all of the model's classes by sorted name: see ``image_files``); without ``--data``,
+  the 20 labelled ImageNet validation photos shipped in the foolbox package.
+- Fashion-MNIST: the idx files of ``--data DIR`` or of the Debian package; the 10,000 test images.
 
-Calibration is disjoint from evaluation except in one documented fallback: ImageNet without a
-``train/`` folder calibrates on the evaluated images themselves; ``CalibrationData.overlaps_eval``
-says so and callers must report it.
+Calibration images (``-sm collect``, ``-ac``, ``-bca``) come from, in order of precedence:
+``--calib-data DIR`` (any folder of images, labels ignored; never the evaluated folder),
+``--calib-holdout N`` (N seeded images of the evaluated set, which then evaluates the rest), the
+dataset's own disjoint split (Fashion-MNIST train, ImageNet ``DIR/train``), and as a last resort the
+evaluated images themselves, which ``CalibrationSet.overlaps_eval`` records and callers report.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 from inference import fashion_mnist
 from inference.distributed import ProcessInfo
 from inference.errors import UserError
-from inference.models import ModelSpec, Preprocessing
+from inference.image_batches import ThreadedImageBatches
+from inference.image_files import (
+    class_folder_images, foolbox_imagenet_folder, image_transform, sample_imagenet_photos, unlabelled_images,
+)
+from inference.models import ModelSpec
 
 LOG = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -39,76 +42,75 @@ class LoaderOptions:
     process: ProcessInfo = field(default_factory=ProcessInfo)
 
 
-@dataclass
-class CalibrationData:
-    loader: DataLoader
+@dataclass(frozen=True)
+class CalibrationChoice:
+    """The user's calibration source: ``folder`` (--calib-data) or ``holdout`` images of the
+    evaluated set (--calib-holdout); neither: the dataset's default. ``images``: -cs."""
+
+    folder: Path | None = None
+    holdout: int | None = None
+    images: int = 5120
+
+    def __post_init__(self):
+        if self.folder is not None and self.holdout is not None:
+            raise UserError("--calib-data and --calib-holdout both choose the calibration images: pass one of them")
+        if self.holdout is not None and self.holdout <= 0:
+            raise UserError(f"--calib-holdout {self.holdout}: must be a positive number of images")
+        if self.images <= 0:
+            raise UserError(f"-cs {self.images}: must be a positive number of images")
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Calibration images (labels unused), where they come from, and whether they are evaluated too."""
+
+    dataset: Dataset
     source: str
     overlaps_eval: bool
 
 
-def image_transform(preprocessing: Preprocessing):
-    from torchvision import transforms
+@dataclass(frozen=True)
+class CalibrationData:
+    """The seeded calibration loader of ``images`` images drawn from a ``CalibrationSet``."""
 
-    mode = transforms.InterpolationMode(preprocessing.interpolation)
-    return transforms.Compose([
-        transforms.Resize(preprocessing.resize, interpolation=mode),
-        transforms.CenterCrop(preprocessing.crop),
-        transforms.ToTensor(),
-        transforms.Normalize(preprocessing.mean, preprocessing.std),
-    ])
+    loader: DataLoader | ThreadedImageBatches
+    source: str
+    overlaps_eval: bool
+    images: int
 
 
-class LabelledImageFiles(Dataset):
-    """Image files with integer labels, loaded as RGB and transformed on access."""
+@dataclass(frozen=True)
+class RunData:
+    """The evaluated images of a run and its calibration choice, settled before any work.
 
-    def __init__(self, files: list[Path], labels: list[int], transform):
-        self.files = files
-        self.labels = labels
-        self.transform = transform
+    ``chosen_calibration`` is built eagerly for --calib-data / --calib-holdout (their errors come
+    before the run); the default split is only opened when calibration is needed.
+    """
 
-    def __len__(self) -> int:
-        return len(self.files)
+    spec: ModelSpec
+    data_dir: Path | None
+    evaluation: Dataset
+    choice: CalibrationChoice
+    chosen_calibration: CalibrationSet | None = None
 
-    def __getitem__(self, index: int):
-        from PIL import Image
+    def calibration_set(self) -> CalibrationSet:
+        return self.chosen_calibration or default_calibration_set(self.spec, self.data_dir)
 
-        with Image.open(self.files[index]) as image:
-            return self.transform(image.convert("RGB")), self.labels[index]
+    def calibration_loader(self, options: LoaderOptions) -> CalibrationData:
+        """``choice.images`` images drawn (seeded by ``options.seed``) from the calibration set."""
+        chosen = self.calibration_set()
+        shuffled = LoaderOptions(options.batch_size, options.workers, self.choice.images, True, options.seed,
+                                 options.process)
+        images = min(self.choice.images, len(chosen.dataset))
+        return CalibrationData(make_loader(chosen.dataset, shuffled), chosen.source, chosen.overlaps_eval, images)
 
-
-def foolbox_imagenet_folder() -> Path:
-    spec = importlib.util.find_spec("foolbox")
-    if spec is None or spec.origin is None:
-        raise UserError("the embedded ImageNet sample needs the foolbox package (pip install --no-deps foolbox, "
-                        "build_all.sh does); or pass --data DIR with DIR/val in ImageFolder layout")
-    return Path(spec.origin).parent / "data"
-
-
-def sample_imagenet_photos(transform) -> LabelledImageFiles:
-    """The 20 ImageNet validation photos of the foolbox package, in file-name order."""
-    files = sorted(foolbox_imagenet_folder().glob("imagenet_*.jpg"))
-    if not files:
-        raise UserError(f"no imagenet_*.jpg photos in {foolbox_imagenet_folder()}; reinstall foolbox or pass --data")
-    return LabelledImageFiles(files, [int(path.stem.rsplit("_", 1)[1]) for path in files], transform)
-
-
-def image_folder(root: Path, num_classes: int, transform) -> Dataset:
-    """An ImageFolder whose sorted class folders must be exactly the model's classes (else labels shift)."""
-    from torchvision.datasets import ImageFolder
-
-    if not root.is_dir():
-        raise UserError(f"folder {root} does not exist; --data must contain val/ in ImageFolder layout (val/<class>/<image>)")
-    classes = [entry for entry in root.iterdir() if entry.is_dir()]
-    if not classes:
-        raise UserError(f"folder {root} has no class subfolders with images; expected ImageFolder layout {root}/<class>/<image>")
-    try:
-        dataset = ImageFolder(str(root), transform=transform)
-    except FileNotFoundError:
-        raise UserError(f"folder {root} holds no images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) in its class subfolders") from None
-    if len(dataset.classes) != num_classes:
-        raise UserError(f"folder {root} has {len(dataset.classes)} class folders but the model has {num_classes} classes; "
-                        "labels follow sorted folder names, so all class folders must be present")
-    return dataset
+    def calibration_record(self) -> dict:
+        """What the results JSON and mlflow record of an explicitly chosen calibration source."""
+        if self.chosen_calibration is None:
+            return {}
+        return {"calibration": self.chosen_calibration.source,
+                "calibration_images": min(self.choice.images, len(self.chosen_calibration.dataset)),
+                "calibration_overlaps_eval": self.chosen_calibration.overlaps_eval}
 
 
 def check_data_dir(data_dir: Path) -> None:
@@ -118,7 +120,15 @@ def check_data_dir(data_dir: Path) -> None:
         raise UserError(f"--data {data_dir}: not a folder")
 
 
+def evaluated_folder(spec: ModelSpec, data_dir: Path | None) -> Path:
+    """The folder whose images are evaluated (the idx folder for Fashion-MNIST)."""
+    if spec.dataset == "fashion_mnist":
+        return data_dir or fashion_mnist.DEFAULT_DIR
+    return data_dir / "val" if data_dir is not None else foolbox_imagenet_folder()
+
+
 def evaluation_dataset(spec: ModelSpec, data_dir: Path | None) -> Dataset:
+    """All evaluated images of ``spec``'s dataset, in a fixed order."""
     if data_dir is not None:
         check_data_dir(data_dir)
     if spec.dataset == "fashion_mnist":
@@ -126,15 +136,76 @@ def evaluation_dataset(spec: ModelSpec, data_dir: Path | None) -> Dataset:
     transform = image_transform(spec.preprocessing)
     if data_dir is None:
         return sample_imagenet_photos(transform)
-    return image_folder(data_dir / "val", spec.num_classes, transform)
+    return class_folder_images(data_dir / "val", spec.num_classes, transform)
 
 
-def make_loader(dataset: Dataset, options: LoaderOptions) -> DataLoader:
+def default_calibration_set(spec: ModelSpec, data_dir: Path | None) -> CalibrationSet:
+    """The dataset's own split disjoint from evaluation, else (with a warning) the evaluated images."""
+    if data_dir is not None:
+        check_data_dir(data_dir)
+    if spec.dataset == "fashion_mnist":
+        folder = data_dir or fashion_mnist.DEFAULT_DIR
+        dataset = fashion_mnist.InMemoryImages(*fashion_mnist.load_split(folder, "train"))
+        return CalibrationSet(dataset, f"Fashion-MNIST train split ({folder})", False)
+    if data_dir is not None and (data_dir / "train").is_dir():
+        dataset = class_folder_images(data_dir / "train", spec.num_classes, image_transform(spec.preprocessing))
+        return CalibrationSet(dataset, f"ImageNet train ({data_dir / 'train'})", False)
+    LOG.warning("no ImageNet train/ folder: calibrating on the evaluated images; pass --calib-data DIR or "
+                "--calib-holdout N for calibration images disjoint from the evaluated ones")
+    return CalibrationSet(evaluation_dataset(spec, data_dir), "evaluated images (no train/ split available)", True)
+
+
+def check_calibration_folder(spec: ModelSpec, data_dir: Path | None, folder: Path) -> None:
+    """--calib-data must be a folder of image files that neither is, holds, nor lies in the evaluated folder."""
+    if spec.dataset != "imagenet":
+        raise UserError(f"--calib-data takes image files for ImageNet models; {spec.name} calibrates on the "
+                        "Fashion-MNIST training split by default, or on --calib-holdout N test images")
+    if not folder.exists():
+        raise UserError(f"--calib-data {folder}: folder does not exist; pass a folder of calibration images")
+    if not folder.is_dir():
+        raise UserError(f"--calib-data {folder}: not a folder; pass a folder of calibration images")
+    evaluated = evaluated_folder(spec, data_dir).resolve()
+    calibration = folder.resolve()
+    if calibration == evaluated or evaluated.is_relative_to(calibration) or calibration.is_relative_to(evaluated):
+        relation = "is" if calibration == evaluated else "overlaps"
+        raise UserError(f"--calib-data {folder} {relation} the evaluated folder {evaluated}: calibration images must "
+                        "not be evaluated; pass another folder, or --calib-holdout N to calibrate on part of it")
+
+
+def holdout_split(dataset: Dataset, holdout: int, seed: int) -> tuple[Dataset, Dataset]:
+    """(evaluated rest, held-out calibration images): ``holdout`` indices of a seeded permutation,
+    both kept in the dataset's order."""
+    if holdout >= len(dataset):
+        raise UserError(f"--calib-holdout {holdout}: the evaluated set has {len(dataset)} images, so at most "
+                        f"{len(dataset) - 1} can be held out for calibration")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    return dataset.subset(sorted(order[holdout:])), dataset.subset(sorted(order[:holdout]))
+
+
+def prepare_data(spec: ModelSpec, data_dir: Path | None, choice: CalibrationChoice, seed: int) -> RunData:
+    """Open the evaluated images and the chosen calibration images; every data error is raised here."""
+    if choice.folder is not None:
+        check_calibration_folder(spec, data_dir, choice.folder)
+    evaluation = evaluation_dataset(spec, data_dir)
+    if len(evaluation) == 0:
+        raise UserError(f"no images to evaluate for {spec.name} (data folder {data_dir}); check --data")
+    chosen = None
+    if choice.holdout is not None:
+        evaluation, held_out = holdout_split(evaluation, choice.holdout, seed)
+        chosen = CalibrationSet(held_out, f"{choice.holdout} images held out of the evaluated set "
+                                          f"{evaluated_folder(spec, data_dir)} (seed {seed})", False)
+    elif choice.folder is not None:
+        folder_images = unlabelled_images(choice.folder, image_transform(spec.preprocessing))
+        chosen = CalibrationSet(folder_images, f"--calib-data {choice.folder} ({len(folder_images)} images)", False)
+    return RunData(spec, data_dir, evaluation, choice, chosen)
+
+
+def make_loader(dataset: Dataset, options: LoaderOptions) -> DataLoader | ThreadedImageBatches:
     """Deterministic order (seeded shuffle with ``options.shuffle``), first ``options.subset`` images,
     cut into batches; under torchrun this process's share of whole batches (``ProcessInfo.shard``).
 
-    In-memory datasets are indexed a batch at a time in the main process (workers would only add
-    start-up cost); file datasets decode in ``options.workers`` worker processes.
+    In-memory datasets are indexed a batch at a time; file datasets decode in ``options.workers``
+    threads (``ThreadedImageBatches``).
     """
     generator = torch.Generator().manual_seed(options.seed)
     if options.shuffle:
@@ -147,29 +218,9 @@ def make_loader(dataset: Dataset, options: LoaderOptions) -> DataLoader:
                                      for start in range(0, len(order), options.batch_size)])
     if isinstance(dataset, fashion_mnist.InMemoryImages):
         return DataLoader(dataset, sampler=batches, batch_size=None)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=options.workers, pin_memory=torch.cuda.is_available())
+    return ThreadedImageBatches(dataset, batches, options.workers)
 
 
-def evaluation_loader(spec: ModelSpec, data_dir: Path | None, options: LoaderOptions) -> DataLoader:
-    dataset = evaluation_dataset(spec, data_dir)
-    if len(dataset) == 0:
-        raise UserError(f"no images to evaluate for {spec.name} (data folder {data_dir}); check --data")
-    return make_loader(dataset, options)
-
-
-def calibration_data(spec: ModelSpec, data_dir: Path | None, num_images: int, options: LoaderOptions) -> CalibrationData:
-    """``num_images`` calibration images drawn (seeded) from a split disjoint from evaluation when one exists."""
-    if data_dir is not None:
-        check_data_dir(data_dir)
-    shuffled = LoaderOptions(options.batch_size, options.workers, num_images, True, options.seed, options.process)
-    if spec.dataset == "fashion_mnist":
-        folder = data_dir or fashion_mnist.DEFAULT_DIR
-        dataset = fashion_mnist.InMemoryImages(*fashion_mnist.load_split(folder, "train"))
-        return CalibrationData(make_loader(dataset, shuffled), f"Fashion-MNIST train split ({folder})", False)
-    transform = image_transform(spec.preprocessing)
-    if data_dir is not None and (data_dir / "train").is_dir():
-        dataset = image_folder(data_dir / "train", spec.num_classes, transform)
-        return CalibrationData(make_loader(dataset, shuffled), f"ImageNet train ({data_dir / 'train'})", False)
-    dataset = evaluation_dataset(spec, data_dir)
-    LOG.warning("no ImageNet train/ folder: calibrating on the evaluated images (calibration overlaps evaluation)")
-    return CalibrationData(make_loader(dataset, shuffled), "evaluated images (no train/ split available)", True)
+def evaluation_loader(spec: ModelSpec, data_dir: Path | None, options: LoaderOptions) -> DataLoader | ThreadedImageBatches:
+    """The loader of all evaluated images (no calibration choice)."""
+    return make_loader(prepare_data(spec, data_dir, CalibrationChoice(), options.seed).evaluation, options)

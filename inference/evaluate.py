@@ -1,7 +1,11 @@
-"""Top-1 / top-5 evaluation of a classifier over a data loader."""
+"""Top-1 / top-5 evaluation of a classifier over a data loader, optionally beside a reference model
+(FP32) on the very same batches, with the fidelity figures that do not depend on labels."""
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 
@@ -15,6 +19,20 @@ class EvalResult:
     images: int
 
 
+@dataclass(frozen=True)
+class Fidelity:
+    """A model against a reference on the same images.
+
+    ``top1_agreement``: percent of images whose top-1 class is the reference's;
+    ``mean_kl``: mean over images of KL(p_ref || p) = sum_k p_ref,k (log p_ref,k - log p_k), in nats,
+    with p = softmax(logits).
+    """
+
+    reference: EvalResult
+    top1_agreement: float
+    mean_kl: float
+
+
 def count_topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     """Images whose label is among the k largest logits (ties broken by torch.topk)."""
     k = min(k, logits.shape[1])
@@ -22,33 +40,81 @@ def count_topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> in
     return int((top == labels.unsqueeze(1)).any(dim=1).sum())
 
 
+class AccuracyCounter:
+    """Running top-1 / top-5 counts and summed loss; totals over processes with ``sum_over_processes``."""
+
+    def __init__(self):
+        self.correct1 = self.correct5 = self.images = 0
+        self.loss_sum = 0.0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        self.correct1 += count_topk_correct(logits, labels, 1)
+        self.correct5 += count_topk_correct(logits, labels, 5)
+        self.images += len(labels)
+
+    def running(self) -> dict[str, str]:
+        return {"prec1": f"{100 * self.correct1 / self.images:.3f}", "prec5": f"{100 * self.correct5 / self.images:.3f}"}
+
+    def result(self, sum_over_processes=None) -> EvalResult:
+        counts = torch.tensor([self.correct1, self.correct5, self.images], dtype=torch.int64)
+        loss = torch.tensor([self.loss_sum], dtype=torch.float64)
+        if sum_over_processes is not None:
+            counts, loss = sum_over_processes(counts), sum_over_processes(loss)
+        correct1, correct5, images = (int(value) for value in counts)
+        if images == 0:
+            raise ValueError("the loader yielded no images")
+        return EvalResult(100.0 * correct1 / images, 100.0 * correct5 / images, float(loss) / images, images)
+
+
+class FidelityCounter:
+    """Running top-1 agreement count and summed KL(p_ref || p) of a model against a reference."""
+
+    def __init__(self):
+        self.reference = AccuracyCounter()
+        self.agreeing = 0
+        self.kl_sum = 0.0
+
+    def add(self, logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.reference.add(reference_logits, labels)
+        self.agreeing += int((logits.argmax(dim=1) == reference_logits.argmax(dim=1)).sum())
+        log_p = F.log_softmax(logits.double(), dim=1)
+        log_p_ref = F.log_softmax(reference_logits.double(), dim=1)
+        self.kl_sum += float(F.kl_div(log_p, log_p_ref, reduction="sum", log_target=True))
+
+    def result(self, sum_over_processes=None) -> Fidelity:
+        reference = self.reference.result(sum_over_processes)
+        totals = torch.tensor([self.agreeing, self.kl_sum], dtype=torch.float64)
+        if sum_over_processes is not None:
+            totals = sum_over_processes(totals)
+        return Fidelity(reference, 100.0 * float(totals[0]) / reference.images, float(totals[1]) / reference.images)
+
+
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader, device: torch.device, print_freq: int = 0,
-             progress: bool = False, sum_over_processes=None) -> EvalResult:
-    """Run ``model`` in eval mode over ``loader`` and accumulate top-1, top-5 and summed loss.
+             progress: bool = False, sum_over_processes=None,
+             reference: torch.nn.Module | None = None) -> tuple[EvalResult, Fidelity | None]:
+    """Run ``model`` in eval mode over ``loader`` and accumulate top-1, top-5 and summed loss; with
+    ``reference``, run it on every batch too and measure ``Fidelity`` against it (one pass over the data).
 
     With ``progress`` a tqdm bar is drawn over batches and, every ``print_freq`` batches, its
     postfix shows the running Prec@1 / Prec@5 of this process. ``sum_over_processes`` (e.g.
     ``ProcessInfo.sum``) adds the counts of all processes before the percentages are taken.
     """
     model.eval()
-    correct1 = correct5 = images = 0
-    loss_sum = 0.0
+    if reference is not None:
+        reference.eval()
+    accuracy = AccuracyCounter()
+    fidelity = FidelityCounter() if reference is not None else None
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False)
     for index, (inputs, labels) in enumerate(bar):
         inputs = inputs.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        reference_logits = reference(inputs) if reference is not None else None
         logits = model(inputs)
-        loss_sum += float(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
-        correct1 += count_topk_correct(logits, labels, 1)
-        correct5 += count_topk_correct(logits, labels, 5)
-        images += len(labels)
+        accuracy.add(logits, labels)
+        if fidelity is not None:
+            fidelity.add(logits, reference_logits, labels)
         if print_freq and (index + 1) % print_freq == 0:
-            bar.set_postfix(prec1=f"{100 * correct1 / images:.3f}", prec5=f"{100 * correct5 / images:.3f}")
-    if sum_over_processes is not None:
-        totals = sum_over_processes(torch.tensor([correct1, correct5, images], dtype=torch.int64))
-        correct1, correct5, images = (int(value) for value in totals)
-        loss_sum = float(sum_over_processes(torch.tensor([loss_sum], dtype=torch.float64)))
-    if images == 0:
-        raise ValueError("the loader yielded no images")
-    return EvalResult(100.0 * correct1 / images, 100.0 * correct5 / images, loss_sum / images, images)
+            bar.set_postfix(accuracy.running())
+    return accuracy.result(sum_over_processes), fidelity.result(sum_over_processes) if fidelity else None

@@ -82,3 +82,7 @@ class InMemoryImages(Dataset):
     def __getitem__(self, index):
         pixels = self.images[index].float().div_(255.0).sub_(self.mean).div_(self.std)
         return pixels.unsqueeze(-3), self.labels[index]
+
+    def subset(self, indices: list[int]) -> "InMemoryImages":
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return InMemoryImages(self.images[index], self.labels[index], self.mean, self.std)

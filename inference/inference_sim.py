@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 
 from inference.errors import UserError  # noqa: E402
 from pytorch_quantizer.errors import InputError  # noqa: E402
-from inference.models import list_models  # noqa: E402
+from inference.models import get_model_spec, list_models  # noqa: E402
 from inference.quant_flags import add_quantization_flags  # noqa: E402
 from inference.seed_compat import add_rejected_seed_flags, translate_seed_long_names  # noqa: E402
 
@@ -60,11 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"model from the registry: {', '.join(list_models())} (default: {DEFAULT_ARCH})")
     parser.add_argument("-b", "--batch-size", type=positive_int, default=256, help="images per batch (default: 256)")
     parser.add_argument("-j", "--workers", type=non_negative_int, default=2,
-                        help="worker processes decoding image files (in-memory Fashion-MNIST loads in the main process; default: 2)")
+                        help="threads decoding image files (in-memory Fashion-MNIST needs none; default: 2)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="ImageNet: folder with val/ (and train/ for calibration) in ImageFolder layout; "
-                             "Fashion-MNIST: folder with the idx files. Default: the 20 ImageNet photos shipped in "
-                             "foolbox, or /usr/share/datasets/fashion-mnist")
+                        help="ImageNet: folder with val/<class>/<image> (class folders named by WordNet id, any subset "
+                             "of classes; or all classes, labelled in sorted order) and optionally train/ for "
+                             "calibration; Fashion-MNIST: folder with the idx files. Default: the 20 ImageNet photos "
+                             "shipped in foolbox, or /usr/share/datasets/fashion-mnist")
+    parser.add_argument("--calib-data", type=Path, default=None, metavar="DIR",
+                        help="calibration images (-sm collect, -ac, -bca): every image file under DIR, searched "
+                             "recursively, labels ignored; never the evaluated folder (ImageNet models)")
+    parser.add_argument("--calib-holdout", type=positive_int, default=None, metavar="N",
+                        help="calibrate on N images of the evaluated set drawn by --seed and evaluate the other ones")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--device_ids", "--device-ids", dest="device_ids", type=non_negative_int, nargs="+", default=None,
                         metavar="ID", help="CUDA devices: process k of torchrun uses cuda:ID[k]; one process takes one ID "
@@ -148,7 +154,6 @@ def resolve_device(requested: str | None, device_ids: list[int] | None = None, p
 
 def validate(args: argparse.Namespace):
     """Every check that needs no data or model, before any work: returns (model spec, QuantConfig or None)."""
-    from inference.models import get_model_spec
     from inference.quant_flags import quant_config_from_args
     from inference.simulate import require_statistics_file
 
@@ -164,6 +169,7 @@ def validate(args: argparse.Namespace):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise UserError(f"{flag} {folder}: is a file, not a folder; pass a folder (it is created if missing)")
     spec = get_model_spec(args.arch)
+    calibration_choice(args)
     config = quant_config_from_args(args, spec)
     if config is not None:
         require_statistics_file(args, config)
@@ -187,6 +193,23 @@ def validate_sweep(args: argparse.Namespace) -> dict:
     return rows
 
 
+def calibration_choice(args: argparse.Namespace):
+    from inference.data import CalibrationChoice
+
+    return CalibrationChoice(args.calib_data, args.calib_holdout, args.cs)
+
+
+def prepare_run_data(args: argparse.Namespace, spec):
+    """The evaluated and calibration images: folders scanned and checked before any run starts."""
+    from inference.data import prepare_data
+
+    calibrates = not args.q_off and (args.sm == "collect" or args.ac or args.bca)
+    if args.calib_data is not None and not calibrates:
+        logging.getLogger(__name__).warning("--calib-data: this run calibrates nothing (no -sm collect, -ac or -bca); "
+                                            "the folder is only recorded")
+    return prepare_data(spec, args.data, calibration_choice(args), args.seed)
+
+
 def inspection_for(args: argparse.Namespace):
     from inference.inspection import Inspection
 
@@ -201,16 +224,15 @@ def inspection_for(args: argparse.Namespace):
     return Inspection(stats_csv, dump_file)
 
 
-def run(args: argparse.Namespace, validated=None, process=None, device=None) -> dict:
-    """Evaluate per ``args``; ``validated`` is what ``validate(args)`` returned, if already called.
-    Under torchrun (``process``) every process calls it on its share of the batches; the returned
-    figures are the totals over all processes."""
+def run(args: argparse.Namespace, validated=None, process=None, device=None, data=None) -> dict:
+    """Evaluate per ``args``; ``validated`` is what ``validate(args)`` returned and ``data`` what
+    ``prepare_run_data`` returned, if already called. Under torchrun (``process``) every process
+    calls it on its share of the batches; the returned figures are the totals over all processes."""
     import pandas as pd
     import torch
 
-    from inference.data import LoaderOptions, evaluation_loader
+    from inference.data import LoaderOptions, make_loader
     from inference.distributed import ProcessInfo
-    from inference.evaluate import evaluate
     from inference.inspection import evaluate_inspected
     from inference.models import create_model
     from inference.output_files import write_csv_atomically
@@ -223,26 +245,33 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None) -> 
     device = device or resolve_device(args.device, args.device_ids, process)
     torch.manual_seed(args.seed)
     options = LoaderOptions(args.batch_size, args.workers, args.subset, args.shuffle, args.seed, process)
-    loader = evaluation_loader(spec, args.data, options)
+    data = data or prepare_run_data(args, spec)
+    loader = make_loader(data.evaluation, options)
     model = create_model(args.arch, args.weights, args.random_init).to(device)
     inspection = inspection_for(args)
     start = time.perf_counter()
-    extra = {}
+    extra = data.calibration_record()
     if config is None:
-        result, extra = evaluate_inspected(model, loader, device, args.print_freq, process, inspection)
+        result, _, files = evaluate_inspected(model, loader, device, args.print_freq, process, inspection)
+        extra |= files
     else:
-        simulation = simulate(args, spec, model, loader, config, device, options,
-                              measure_error=args.report_csv is not None, inspection=inspection)
-        result, extra = simulation.evaluation, dict(simulation.files)
+        simulation = simulate(args, model, data, loader, config, device, options,
+                              measure_error=args.report_csv is not None, inspection=inspection,
+                              compare_fp32=args.compare_fp32)
+        result = simulation.evaluation
+        extra |= simulation.files
         if args.report_csv is not None:
             write_csv_atomically(args.report_csv, pd.DataFrame(simulation.layer_report))
             extra["report_csv"] = str(args.report_csv)
-        if args.compare_fp32:
-            fp32 = evaluate(model, loader, device, args.print_freq, progress=process.is_main,
-                            sum_over_processes=process.sum)
-            extra.update({"fp32_top1": fp32.top1, "fp32_top5": fp32.top5, "drop": fp32.top1 - result.top1})
+        if simulation.fidelity is not None:
+            fidelity = simulation.fidelity
+            extra.update({"fp32_top1": fidelity.reference.top1, "fp32_top5": fidelity.reference.top5,
+                          "drop": fidelity.reference.top1 - result.top1, "top1_agreement": fidelity.top1_agreement,
+                          "mean_kl": fidelity.mean_kl})
+        if simulation.calibration is not None:
+            extra |= {"calibration": simulation.calibration, "calibration_images": simulation.calibration_images,
+                      "calibration_overlaps_eval": simulation.calibration_overlaps_eval}
         extra |= {"statistics": simulation.statistics, "statistics_file": simulation.statistics_file,
-                  "calibration": simulation.calibration, "calibration_overlaps_eval": simulation.calibration_overlaps_eval,
                   **{key: value for key, value in simulation.entropy.items() if key.startswith("avg.")}}
     weights = "random" if args.random_init else str(args.weights or spec.default_weights())
     return {
@@ -255,12 +284,12 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None) -> 
     }
 
 
-def run_sweep(args: argparse.Namespace, rows: dict, process, device) -> tuple[dict, "pd.DataFrame"]:  # noqa: F821
-    """-ep: every precision of ``validate_sweep`` in turn; the CSV is written by rank 0."""
+def run_sweep(args: argparse.Namespace, rows: dict, process, device, data=None) -> tuple[dict, "pd.DataFrame"]:  # noqa: F821
+    """-ep: every precision of ``validate_sweep`` in turn, on the same ``data``; the CSV is written by rank 0."""
     from inference.output_files import write_csv_atomically
     from inference.sweep import sweep_table
 
-    results = {precision: run(row, validated, process, device) for precision, (row, validated) in rows.items()}
+    results = {precision: run(row, validated, process, device, data) for precision, (row, validated) in rows.items()}
     table = sweep_table(results)
     summary = {"arch": args.arch, "images": results["fp32"]["images"], "device": str(device),
                "processes": process.world_size, "backend": results["int8"]["backend"],
@@ -300,7 +329,8 @@ def results_table(results: dict) -> "pd.DataFrame":  # noqa: F821
     row = {"arch": results["arch"], "recipe": recipe, "images": results["images"], "top1": results["top1"],
            "top5": results["top5"], "loss": results["loss"]}
     if "fp32_top1" in results:
-        row.update(fp32_top1=results["fp32_top1"], drop=results["drop"])
+        row.update(fp32_top1=results["fp32_top1"], drop=results["drop"], agreement=results["top1_agreement"],
+                   kl=results["mean_kl"])
     row.update(backend=results["backend"], processes=results["processes"], seconds=results["eval_seconds"])
     return pd.DataFrame([row])
 
@@ -317,9 +347,13 @@ def print_results(results: dict, table) -> None:
         if f"avg.entropy.{kind}" in results:
             print(f"Average bit rate: avg.entropy.{kind} - {results[f'avg.entropy.{kind}']:.4f} "
                   f"(Huffman {results[f'avg.huffman.{kind}']:.4f})")
+    if results.get("calibration"):
+        print(f"calibration: {results['calibration_images']} images of {results['calibration']}"
+              + (" (overlapping the evaluated images)" if results["calibration_overlaps_eval"] else ""))
     if "fp32_top1" in results:
         print(f"FP32 on the same images: Prec@1 {results['fp32_top1']:.3f} Prec@5 {results['fp32_top5']:.3f} "
-              f"(drop {results['drop']:.3f})")
+              f"(drop {results['drop']:.3f}); top-1 agreement with FP32 {results['top1_agreement']:.3f} %, "
+              f"mean KL(FP32 || quantized) {results['mean_kl']:.5f} nats")
     for key in ("activation_stats_csv", "dump_file"):
         if key in results:
             print(f"{key.replace('_', ' ')}: {results[key]}")
@@ -345,6 +379,10 @@ def log_to_mlflow(mlflow, results: dict) -> None:
 
     mlflow.log_params({key: str(value)[:500] for key, value in flatten_quantization(results["quantization"]).items()})
     log_results(mlflow, results, statistics_file=results.get("statistics_file"))
+    if results.get("calibration"):
+        mlflow.log_params({"calibration.source": results["calibration"][:500],
+                           "calibration.images": results["calibration_images"],
+                           "calibration.overlaps_eval": results["calibration_overlaps_eval"]})
     for key in ("report_csv", "activation_stats_csv", "sweep_csv", "dump_file"):
         if results.get(key):
             mlflow.log_artifact(results[key])
@@ -365,11 +403,12 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.ERROR)
         validated = validate_sweep(args) if args.ep else validate(args)
         device = resolve_device(args.device, args.device_ids, process)
+        data = prepare_run_data(args, get_model_spec(args.arch))
         with process_group(process, device), tracked_run(args, process) as mlflow:
             if args.ep:
-                results, table = run_sweep(args, validated, process, device)
+                results, table = run_sweep(args, validated, process, device, data)
             else:
-                results = run(args, validated, process, device)
+                results = run(args, validated, process, device, data)
                 table = results_table(results)
             if mlflow is not None:
                 log_to_mlflow(mlflow, results)
@@ -385,4 +424,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from inference.allocator import reexecute_with_tuned_malloc
+
+    reexecute_with_tuned_malloc()
     sys.exit(main())

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from inference.distributed import ProcessInfo
-from inference.evaluate import EvalResult, evaluate
+from inference.evaluate import EvalResult, Fidelity, evaluate
 from inference.output_files import save_tensors, write_csv_atomically
 from pytorch_quantizer.graph import GEMM_LAYERS
 
@@ -92,14 +92,17 @@ def capturing_first_batch(model: nn.Module):
 
 
 def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_freq: int, process: ProcessInfo,
-                       inspection: Inspection) -> tuple[EvalResult, dict[str, str]]:
-    """``evaluate`` over this process's batches, summed over processes, with the asked inspections;
-    returns the result and {kind: path} of the files written (by rank 0 only)."""
+                       inspection: Inspection, reference: nn.Module | None = None,
+                       ) -> tuple[EvalResult, Fidelity | None, dict[str, str]]:
+    """``evaluate`` over this process's batches (beside ``reference`` when given), summed over
+    processes, with the asked inspections of ``model``; returns the result, the fidelity against
+    ``reference`` and {kind: path} of the files written (by rank 0 only)."""
     files = {}
     dumping = inspection.dump_file is not None and process.is_main
     measuring = measuring_activations(model) if inspection.stats_csv is not None else nullcontext({})
     with measuring as accumulators, capturing_first_batch(model) if dumping else nullcontext({}) as captured:
-        result = evaluate(model, loader, device, print_freq, progress=process.is_main, sum_over_processes=process.sum)
+        result, fidelity = evaluate(model, loader, device, print_freq, progress=process.is_main,
+                                    sum_over_processes=process.sum, reference=reference)
     if dumping:
         save_tensors({**captured, "labels": next(iter(loader))[1]}, inspection.dump_file)
         files["dump_file"] = str(inspection.dump_file)
@@ -108,4 +111,4 @@ def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_fre
         if process.is_main:
             write_csv_atomically(inspection.stats_csv, activation_table(accumulators))
             files["activation_stats_csv"] = str(inspection.stats_csv)
-    return result, files
+    return result, fidelity, files

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from inference.data import LoaderOptions, calibration_data
+from inference.data import LoaderOptions, RunData
 from inference.errors import UserError
-from inference.evaluate import EvalResult
+from inference.evaluate import EvalResult, Fidelity
 from inference.inspection import Inspection, evaluate_inspected
-from inference.models import ModelSpec
 from inference.quant_flags import statistics_path
 
 LOG = logging.getLogger(__name__)
@@ -23,17 +22,21 @@ class SimulationResult:
     evaluation: EvalResult
     statistics: str
     calibration: str | None = None
+    calibration_images: int = 0
     calibration_overlaps_eval: bool = False
+    fidelity: Fidelity | None = None
     statistics_file: str | None = None
     entropy: dict[str, float] = field(default_factory=dict)
     layer_report: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
 
-def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, loader, config,
+def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, loader, config,
              device: torch.device, options: LoaderOptions, measure_error: bool = False,
-             inspection: Inspection = Inspection()) -> SimulationResult:
-    """Under torchrun (``options.process``) calibration batches are split over the processes and
+             inspection: Inspection = Inspection(), compare_fp32: bool = False) -> SimulationResult:
+    """Calibration images come from ``data.calibration_loader``. With ``compare_fp32`` the float
+    ``model`` runs beside the quantized copy on every evaluated batch (``SimulationResult.fidelity``).
+    Under torchrun (``options.process``) calibration batches are split over the processes and
     their statistics merged exactly before use; only rank 0 writes the statistics file."""
     from pytorch_quantizer.stats_io import StatisticsFile, load_statistics, save_statistics
     from pytorch_quantizer.transform import QuantizedModel
@@ -47,9 +50,10 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
         result = SimulationResult(EvalResult(0, 0, 0, 0), "on the fly (each evaluated batch)")
         calibration = None
         if args.sm == "collect" or args.ac or args.bca:
-            calibration = calibration_data(spec, args.data, args.cs, options)
+            calibration = data.calibration_loader(options)
             calibration_batches = progress(calibration.loader, "calibration", process.is_main)
             result.calibration, result.calibration_overlaps_eval = calibration.source, calibration.overlaps_eval
+            result.calibration_images = calibration.images
         if args.sm == "use":
             stored = load_statistics(path, args.arch, per_channel, args.act_quant_point, layers)
             quantized.use_statistics({name: accumulator.reduce(args.sk) for name, accumulator in stored.layers.items()})
@@ -62,7 +66,7 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
                 accumulators, other = quantized.collect_statistics(calibration_batches, device), {}
             process.merge_statistics(accumulators)
             process.merge_statistics(other)
-            images = min(args.cs, len(calibration.loader.dataset))
+            images = calibration.images
             if collecting and process.is_main:
                 clipping = config.activations.clipping
                 for granularity, layers in ((per_channel, accumulators), (not per_channel, other)):
@@ -74,8 +78,8 @@ def simulate(args: argparse.Namespace, spec: ModelSpec, model: torch.nn.Module, 
         if args.bca:
             quantized.correct_activation_bias(progress(calibration.loader, "bias correction", process.is_main), device,
                                               process.sum)
-        result.evaluation, result.files = evaluate_inspected(quantized.model, loader, device, args.print_freq, process,
-                                                             inspection)
+        result.evaluation, result.fidelity, result.files = evaluate_inspected(
+            quantized.model, loader, device, args.print_freq, process, inspection, model if compare_fp32 else None)
         if process.distributed and (config.measure_entropy or measure_error):
             quantized.merge_activation_measures(process.sum)
         if config.measure_entropy:

@@ -8,13 +8,19 @@ import torch
 from PIL import Image
 
 from inference import fashion_mnist
-from inference.data import LoaderOptions, calibration_data, evaluation_loader, sample_imagenet_photos
+from inference.data import CalibrationChoice, LoaderOptions, evaluation_loader, prepare_data
 from inference.errors import UserError
+from inference.image_files import imagenet_wnids, sample_imagenet_photos
 from inference.models import get_model_spec
 
 
 def loader_labels(loader):
     return torch.cat([labels for _, labels in loader]).tolist()
+
+
+def calibration_data(spec, data_dir, images, options):
+    """The default calibration loader of ``images`` images (no --calib-data / --calib-holdout)."""
+    return prepare_data(spec, data_dir, CalibrationChoice(images=images), options.seed).calibration_loader(options)
 
 
 def test_fashion_mnist_test_split_has_10000_balanced_images():
@@ -76,9 +82,10 @@ def test_embedded_photos_are_preprocessed_to_the_model_crop():
     assert len(loader_labels(loader)) == 20
 
 
-def make_image_folder(root: Path, classes: int, per_class: int, colour: int) -> None:
+def make_image_folder(root: Path, classes: int, per_class: int, colour: int, wnid_names: bool = True) -> None:
+    """``classes`` class folders named by the first WordNet ids (or c0000, c0001, ...) of tiny images."""
     for index in range(classes):
-        folder = root / f"n{index:08d}"
+        folder = root / (imagenet_wnids()[index] if wnid_names else f"c{index:04d}")
         folder.mkdir(parents=True)
         for image_index in range(per_class):
             Image.new("RGB", (8, 8), (colour, image_index, index % 256)).save(folder / f"img_{image_index}.png")
@@ -87,7 +94,7 @@ def make_image_folder(root: Path, classes: int, per_class: int, colour: int) -> 
 @pytest.fixture(scope="module")
 def tiny_imagenet(tmp_path_factory):
     root = tmp_path_factory.mktemp("imagenet")
-    make_image_folder(root / "val", 1000, 1, colour=0)
+    make_image_folder(root / "val", 1000, 1, colour=0, wnid_names=False)
     make_image_folder(root / "train", 1000, 1, colour=255)
     return root
 
@@ -99,11 +106,12 @@ def test_imagenet_folder_calibrates_on_train_disjoint_from_val(tiny_imagenet):
     calibration = calibration_data(spec, tiny_imagenet, 100, options)
     assert loader_labels(evaluation) == list(range(1000))
     assert not calibration.overlaps_eval
-    eval_files = {evaluation.dataset.samples[index][0] for batch in evaluation.batch_sampler for index in batch}
-    calibration_files = {calibration.loader.dataset.samples[index][0]
+    eval_files = {evaluation.dataset.files[index] for batch in evaluation.batch_sampler for index in batch}
+    calibration_files = {calibration.loader.dataset.files[index]
                          for batch in calibration.loader.batch_sampler for index in batch}
     assert len(calibration_files) == 100 and not eval_files & calibration_files
-    assert all("/train/" in path for path in calibration_files)
+    assert all(path.parent.parent.name == "train" for path in calibration_files)
+    assert calibration.images == 100
 
 
 def test_imagenet_without_train_split_falls_back_and_says_it_overlaps(tmp_path):
@@ -117,6 +125,8 @@ def test_imagenet_without_train_split_falls_back_and_says_it_overlaps(tmp_path):
     ("empty-val", "no class subfolders"),
     ("no-images", "holds no images"),
     ("few-classes", "has 3 class folders but the model has 1000 classes"),
+    ("unknown-wnid", "class folder n99999999 is not an ImageNet-1k WordNet id"),
+    ("mixed-names", "mixes WordNet-id class folders with 'c0000'"),
 ])
 def test_bad_imagenet_folders_fail_clearly(tmp_path, layout, message):
     root = tmp_path / "data"
@@ -128,6 +138,12 @@ def test_bad_imagenet_folders_fail_clearly(tmp_path, layout, message):
         (root / "val" / "n0").mkdir(parents=True)
         (root / "val" / "n0" / "readme.txt").write_text("no image")
     if layout == "few-classes":
-        make_image_folder(root / "val", 3, 1, colour=0)
+        make_image_folder(root / "val", 3, 1, colour=0, wnid_names=False)
+    if layout == "unknown-wnid":
+        make_image_folder(root / "val", 2, 1, colour=0)
+        (root / "val" / "n01440764").rename(root / "val" / "n99999999")
+    if layout == "mixed-names":
+        make_image_folder(root / "val", 2, 1, colour=0)
+        make_image_folder(root / "val", 1, 1, colour=0, wnid_names=False)
     with pytest.raises(UserError, match=message):
         evaluation_loader(get_model_spec("resnet18"), root, LoaderOptions(workers=0))

@@ -30,6 +30,7 @@ def test_bad_flags_leave_no_run_and_failures_are_marked_failed(run_cli, tmp_path
     assert code == 2
     mlflow.set_tracking_uri(uri)
     assert mlflow.get_experiment_by_name("bad") is None
-    code, _, stderr = run_cli("-a", "fmnist_resnet20", "--data", tmp_path / "missing", "--mlflow-uri", uri, "-mlexp", "fails")
+    code, _, stderr = run_cli("-a", "fmnist_resnet20", "--weights", tmp_path / "missing.pt", "--mlflow-uri", uri,
+                              "-mlexp", "fails")
     assert code == 2 and "does not exist" in stderr
     assert list(runs(uri, "fails").status) == ["FAILED"]

@@ -1,0 +1,189 @@
+"""WordNet-id folders, --calib-data, --calib-holdout, and the fidelity figures of --compare-fp32."""
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from PIL import Image
+from scipy.special import rel_entr, softmax
+
+from inference.data import CalibrationChoice, LoaderOptions, prepare_data
+from inference.errors import UserError
+from inference.evaluate import FidelityCounter, evaluate
+from inference.image_files import UNLABELLED, imagenet_wnids
+from inference.models import get_model_spec
+
+RESNET18 = get_model_spec("resnet18")
+FMNIST = get_model_spec("fmnist_resnet20")
+
+
+def write_images(folder: Path, count: int, prefix: str = "img") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        Image.new("RGB", (8, 8), (index % 256, 0, 0)).save(folder / f"{prefix}_{index}.jpg")
+
+
+@pytest.fixture
+def wnid_val(tmp_path):
+    """data/val with three classes of ImageNet-1k (indices 1, 5 and 999), two images each."""
+    for label in (999, 1, 5):
+        write_images(tmp_path / "data" / "val" / imagenet_wnids()[label], 2)
+    return tmp_path / "data"
+
+
+def test_wnid_folders_are_labelled_by_the_imagenet_order_whatever_the_subset(wnid_val):
+    data = prepare_data(RESNET18, wnid_val, CalibrationChoice(), 0)
+    assert data.evaluation.labels == [1, 1, 5, 5, 999, 999]
+    assert [path.parent.name for path in data.evaluation.files[::2]] == [imagenet_wnids()[k] for k in (1, 5, 999)]
+
+
+def test_shipped_wnid_list_is_the_standard_order():
+    wnids = imagenet_wnids()
+    assert len(wnids) == 1000 and list(wnids) == sorted(wnids)
+    assert (wnids[0], wnids[1], wnids[999]) == ("n01440764", "n01443537", "n15075141")
+
+
+def test_holdout_splits_the_evaluated_set_seeded_and_disjoint():
+    first = prepare_data(FMNIST, None, CalibrationChoice(holdout=100), seed=3)
+    again = prepare_data(FMNIST, None, CalibrationChoice(holdout=100), seed=3)
+    other = prepare_data(FMNIST, None, CalibrationChoice(holdout=100), seed=4)
+    evaluated, held_out = first.evaluation, first.calibration_set().dataset
+    assert len(evaluated) == 9_900 and len(held_out) == 100
+    assert torch.equal(held_out.images, again.calibration_set().dataset.images)
+    assert not torch.equal(held_out.images, other.calibration_set().dataset.images)
+    everything = torch.cat([evaluated.images, held_out.images]).flatten(1)
+    assert len(torch.unique(everything, dim=0)) == len(torch.unique(prepare_data(
+        FMNIST, None, CalibrationChoice(), 0).evaluation.images.flatten(1), dim=0))
+    calibration = first.calibration_loader(LoaderOptions(batch_size=64))
+    assert calibration.images == 100 and not calibration.overlaps_eval
+    assert "100 images held out of the evaluated set" in calibration.source
+    assert first.calibration_record() == {"calibration": calibration.source, "calibration_images": 100,
+                                          "calibration_overlaps_eval": False}
+
+
+def test_calib_data_takes_every_image_under_the_folder_unlabelled(wnid_val, tmp_path):
+    folder = tmp_path / "calib"
+    write_images(folder, 3)
+    write_images(folder / "deeper" / "still", 2, prefix="nested")
+    (folder / "notes.txt").write_text("not an image")
+    data = prepare_data(RESNET18, wnid_val, CalibrationChoice(folder=folder, images=4), 0)
+    chosen = data.calibration_set()
+    assert len(chosen.dataset) == 5 and set(chosen.dataset.labels) == {UNLABELLED}
+    assert len(data.evaluation) == 6 and not chosen.overlaps_eval
+    calibration = data.calibration_loader(LoaderOptions(batch_size=2, workers=0))
+    assert calibration.images == 4 and sum(len(labels) for _, labels in calibration.loader) == 4
+    images, _ = next(iter(calibration.loader))
+    assert images.shape == (2, 3, 224, 224)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "folder does not exist"),
+    ("empty", "no image files"),
+    ("file", "not a folder"),
+    ("val", "is the evaluated folder"),
+    ("data", "overlaps the evaluated folder"),
+    ("inside-val", "overlaps the evaluated folder"),
+])
+def test_calib_data_refusals(wnid_val, tmp_path, case, message):
+    folder = {"missing": tmp_path / "absent", "empty": tmp_path / "empty", "file": tmp_path / "file.jpg",
+              "val": wnid_val / "val", "data": wnid_val,
+              "inside-val": wnid_val / "val" / imagenet_wnids()[5]}[case]
+    if case == "empty":
+        folder.mkdir()
+    if case == "file":
+        folder.write_bytes(b"x")
+    with pytest.raises(UserError, match=message):
+        prepare_data(RESNET18, wnid_val, CalibrationChoice(folder=folder), 0)
+
+
+def test_holdout_and_choice_refusals():
+    with pytest.raises(UserError, match="evaluated set has 10000 images, so at most 9999"):
+        prepare_data(FMNIST, None, CalibrationChoice(holdout=10_000), 0)
+    with pytest.raises(UserError, match="pass one of them"):
+        CalibrationChoice(folder=Path("."), holdout=3)
+    with pytest.raises(UserError, match="--calib-data takes image files for ImageNet models"):
+        prepare_data(FMNIST, None, CalibrationChoice(folder=Path(".")), 0)
+
+
+def test_fidelity_counts_agreement_and_kl_like_scipy():
+    generator = torch.Generator().manual_seed(0)
+    reference, logits = torch.randn(50, 10, generator=generator), torch.randn(50, 10, generator=generator)
+    logits[:20] = reference[:20] + 0.01  # same top-1 class for the first 20 images at least
+    labels = torch.randint(0, 10, (50,), generator=generator)
+    counter = FidelityCounter()
+    counter.add(logits[:30], reference[:30], labels[:30])
+    counter.add(logits[30:], reference[30:], labels[30:])
+    fidelity = counter.result()
+    agreeing = int((logits.argmax(1) == reference.argmax(1)).sum())
+    assert fidelity.top1_agreement == pytest.approx(100 * agreeing / 50) and agreeing >= 20
+    expected_kl = rel_entr(softmax(reference.double().numpy(), axis=1), softmax(logits.double().numpy(), axis=1)).sum(1)
+    assert fidelity.mean_kl == pytest.approx(expected_kl.mean(), rel=1e-9)
+    assert fidelity.reference.images == 50
+
+
+def test_a_model_against_itself_agrees_fully_with_zero_kl():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    batches = [(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))) for _ in range(3)]
+    result, fidelity = evaluate(model, batches, torch.device("cpu"), reference=model)
+    assert fidelity.top1_agreement == 100.0 and fidelity.mean_kl == 0.0
+    assert (fidelity.reference.top1, fidelity.reference.loss) == (result.top1, result.loss)
+
+
+def assert_refused_without_run(run_cli, tmp_path, argv, message):
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    code, stdout, stderr = run_cli(*argv, "--mlflow-uri", uri, "-mlexp", "refused")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert message in stderr and "Traceback" not in stderr and "Prec@1" not in stdout
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.get_experiment_by_name("refused") is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--calib-holdout", "0"], "must be a positive integer, got 0"),
+    (["--calib-holdout", "-5"], "must be a positive integer, got -5"),
+    (["--calib-holdout", "10000"], "the evaluated set has 10000 images"),
+    (["--calib-holdout", "100000"], "the evaluated set has 10000 images"),
+    (["--calib-holdout", "10", "--calib-data", "."], "pass one of them"),
+])
+def test_cli_refuses_bad_holdouts(run_cli, tmp_path, argv, message):
+    assert_refused_without_run(run_cli, tmp_path, ["-a", "fmnist_resnet20", *argv], message)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "folder does not exist"),
+    ("empty", "no image files"),
+    ("evaluated", "is the evaluated folder"),
+    ("unknown-wnid", "class folder n00000001 is not an ImageNet-1k WordNet id"),
+])
+def test_cli_refuses_bad_calibration_folders_and_unknown_wnids(run_cli, tmp_path, wnid_val, case, message):
+    calibration = {"missing": tmp_path / "absent", "empty": tmp_path / "empty", "evaluated": wnid_val / "val",
+                   "unknown-wnid": tmp_path / "calib"}[case]
+    if case == "empty":
+        calibration.mkdir()
+    if case == "unknown-wnid":
+        write_images(calibration, 2)
+        write_images(wnid_val / "val" / "n00000001", 1)
+    argv = ["-a", "resnet18", "--random-init", "--data", wnid_val, "--calib-data", calibration,
+            "--qtype", "int8", "-sm", "collect", "-sf", tmp_path / "stats"]
+    assert_refused_without_run(run_cli, tmp_path, argv, message)
+    assert not (tmp_path / "stats").exists()
+
+
+def test_fmnist_holdout_calibrates_and_compare_fp32_reports_fidelity(run_cli, tmp_path):
+    out = tmp_path / "result.json"
+    code, stdout, stderr = run_cli("-a", "fmnist_resnet20", "-p", "0", "-b", "100", "-ss", "300",
+                                   "--calib-holdout", "200", "--qtype", "int4", "-qw", "int4", "-pcq_w",
+                                   "-sm", "collect", "-sf", tmp_path, "--compare-fp32", "--results-json", out,
+                                   "--mlflow-uri", f"sqlite:///{tmp_path / 'store.db'}", "-mlexp", "holdout")
+    assert code == 0, stderr
+    result = json.loads(out.read_text())
+    assert result["images"] == 300 and result["calibration_images"] == 200
+    assert result["calibration"].startswith("200 images held out") and result["calibration_overlaps_eval"] is False
+    assert 0 < result["top1_agreement"] <= 100 and result["mean_kl"] > 0
+    assert result["drop"] == pytest.approx(result["fp32_top1"] - result["top1"])
+    assert "top-1 agreement with FP32" in stdout and "calibration: 200 images" in stdout
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
+    run = mlflow.search_runs(experiment_names=["holdout"]).iloc[0]
+    assert run["metrics.top1_agreement"] == result["top1_agreement"] and run["metrics.mean_kl"] == result["mean_kl"]
+    assert run["params.calibration.source"] == result["calibration"] and run["params.calibration.images"] == "200"
