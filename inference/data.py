@@ -192,11 +192,12 @@ def prepare_data(spec: ModelSpec, data_dir: Path | None, choice: CalibrationChoi
     chosen = None
     if choice.holdout is not None:
         evaluation, held_out = holdout_split(evaluation, choice.holdout, seed)
-        chosen = CalibrationSet(held_out, f"{choice.holdout} images held out of the evaluated set "
-                                          f"{evaluated_folder(spec, data_dir)} (seed {seed})", False)
+        chosen = CalibrationSet(held_out, f"the {choice.holdout} images held out of the evaluated set "
+                                          f"{evaluated_folder(spec, data_dir)} (--calib-holdout, seed {seed})", False)
     elif choice.folder is not None:
         folder_images = unlabelled_images(choice.folder, image_transform(spec.preprocessing))
-        chosen = CalibrationSet(folder_images, f"--calib-data {choice.folder} ({len(folder_images)} images)", False)
+        chosen = CalibrationSet(folder_images, f"the {len(folder_images)} image files under {choice.folder} (--calib-data)",
+                                False)
     return RunData(spec, data_dir, evaluation, choice, chosen)
 
 

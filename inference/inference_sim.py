@@ -348,7 +348,7 @@ def print_results(results: dict, table) -> None:
             print(f"Average bit rate: avg.entropy.{kind} - {results[f'avg.entropy.{kind}']:.4f} "
                   f"(Huffman {results[f'avg.huffman.{kind}']:.4f})")
     if results.get("calibration"):
-        print(f"calibration: {results['calibration_images']} images of {results['calibration']}"
+        print(f"calibration: {results['calibration_images']} images from {results['calibration']}"
               + (" (overlapping the evaluated images)" if results["calibration_overlaps_eval"] else ""))
     if "fp32_top1" in results:
         print(f"FP32 on the same images: Prec@1 {results['fp32_top1']:.3f} Prec@5 {results['fp32_top5']:.3f} "

@@ -57,7 +57,8 @@ def test_holdout_splits_the_evaluated_set_seeded_and_disjoint():
         FMNIST, None, CalibrationChoice(), 0).evaluation.images.flatten(1), dim=0))
     calibration = first.calibration_loader(LoaderOptions(batch_size=64))
     assert calibration.images == 100 and not calibration.overlaps_eval
-    assert "100 images held out of the evaluated set" in calibration.source
+    assert calibration.source == "the 100 images held out of the evaluated set /usr/share/datasets/fashion-mnist " \
+                                 "(--calib-holdout, seed 3)"
     assert first.calibration_record() == {"calibration": calibration.source, "calibration_images": 100,
                                           "calibration_overlaps_eval": False}
 
@@ -179,10 +180,10 @@ def test_fmnist_holdout_calibrates_and_compare_fp32_reports_fidelity(run_cli, tm
     assert code == 0, stderr
     result = json.loads(out.read_text())
     assert result["images"] == 300 and result["calibration_images"] == 200
-    assert result["calibration"].startswith("200 images held out") and result["calibration_overlaps_eval"] is False
+    assert result["calibration"].startswith("the 200 images held out") and result["calibration_overlaps_eval"] is False
     assert 0 < result["top1_agreement"] <= 100 and result["mean_kl"] > 0
     assert result["drop"] == pytest.approx(result["fp32_top1"] - result["top1"])
-    assert "top-1 agreement with FP32" in stdout and "calibration: 200 images" in stdout
+    assert "top-1 agreement with FP32" in stdout and "calibration: 200 images from the 200 images held out" in stdout
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
     run = mlflow.search_runs(experiment_names=["holdout"]).iloc[0]
     assert run["metrics.top1_agreement"] == result["top1_agreement"] and run["metrics.mean_kl"] == result["mean_kl"]

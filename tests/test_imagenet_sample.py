@@ -32,7 +32,7 @@ def test_calib_data_elsewhere_keeps_all_500_photos_evaluated(tmp_path):
         shutil.copy(photo, calibration)
     data = prepare_data(LITE0, SAMPLE, CalibrationChoice(folder=tmp_path / "calibration"), 0)
     assert len(data.evaluation) == 500 and len(data.calibration_set().dataset) == 20
-    assert data.calibration_record()["calibration"] == f"--calib-data {tmp_path / 'calibration'} (20 images)"
+    assert data.calibration_record()["calibration"] == f"the 20 image files under {tmp_path / 'calibration'} (--calib-data)"
 
 
 def test_w8a8_on_held_out_calibration_agrees_with_fp32_and_records_the_source(run_cli, tmp_path):
@@ -43,5 +43,5 @@ def test_w8a8_on_held_out_calibration_agrees_with_fp32_and_records_the_source(ru
     assert code == 0, stderr
     result = json.loads(out.read_text())
     assert result["images"] == 24 and result["calibration_images"] == 48
-    assert result["calibration"].startswith("476 images held out of the evaluated set")
+    assert result["calibration"].startswith("the 476 images held out of the evaluated set")
     assert result["top1_agreement"] >= 90.0 and result["mean_kl"] < 0.05
