@@ -21,6 +21,37 @@ def positive_float(text: str) -> float:
     return value
 
 
+DEPARTURE_FLAGS = (
+    ("--exact-aciq", "exact_aciq", "ACIQ ratios solved exactly, and the Gaussian clip of each channel at its own bits"),
+    ("--rectified-aciq", "rectified_aciq",
+     "fit ACIQ to the positive part of a ReLU'd tensor and clip to [0, alpha] (the seed fits the pre-ReLU tensor)"),
+    ("--range-within-data", "range_within_data",
+     "clipping ranges within [min, max] and containing 0 (the seed's may pass max and shift the grid)"),
+    ("--exact-bit-budget", "exact_bit_budget", "bit allocation whose mean bits equal the target exactly"),
+    ("--batch-range", "batch_range",
+     "per-batch ranges of per-tensor activations from the whole batch (the seed averages each image's min / max)"),
+    ("--calibrate-quantized", "calibrate_quantized",
+     "collect statistics through the quantized model (the seed: through the float model)"),
+    ("--bca-folded", "bca_folded",
+     "-bca measured once on -cs calibration images and folded into the biases (the seed: online per batch)"),
+    ("--zero-bit-zero", "zero_bit_zero", "channels allocated 0 bits output 0 (the seed: their lower range end)"),
+)
+
+
+def departures_from_args(args: argparse.Namespace):
+    from pytorch_quantizer.departures import Departures
+
+    if args.improved:
+        return Departures.all()
+    return Departures(**{field: getattr(args, field) for _, field, _ in DEPARTURE_FLAGS})
+
+
+def act_quant_point(args: argparse.Namespace) -> str:
+    if args.act_quant_point is not None:
+        return args.act_quant_point
+    return "input" if args.improved else "output"
+
+
 def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> None:
     group = parser.add_argument_group("quantization (Banner et al. recipe)")
     group.add_argument("--qtype", default=None,
@@ -33,16 +64,19 @@ def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> Non
     group.add_argument("-pcq_a", "--per-channel-activations", dest="pcq_a", action="store_true",
                        help="per-channel activation quantization")
     group.add_argument("-c", "--clipping", default="no",
-                       help="clipping: no, laplace, gaus, Kstd (e.g. 2std), kld, mix, pct, mse (default: no)")
-    group.add_argument("--weight-clipping", default=None, help="clipping of weights (default: the same as -c)")
+                       help="clipping of activations: no, laplace, gaus, Kstd (e.g. 2std), kld, mix, pct, mse (default: no)")
+    group.add_argument("--weight-clipping", default="no",
+                       help="clipping of weights, the same choices (default: no, min / max, as the seed)")
     group.add_argument("-baa", "--bit-alloc-act", dest="baa", action="store_true",
-                       help="per-channel bit allocation of activations (implies -pcq_a; needs -c laplace or gaus)")
+                       help="per-channel bit allocation of activations (implies -pcq_a; with -c no, laplace or gaus)")
     group.add_argument("-baw", "--bit-alloc-weight", dest="baw", action="store_true",
-                       help="per-channel bit allocation of weights (implies -pcq_w; needs -c laplace or gaus)")
+                       help="per-channel bit allocation of weights (implies -pcq_w; with --weight-clipping no, laplace "
+                            "or gaus)")
     group.add_argument("-bam", "--bit-alloc-rmode", dest="bam", choices=("round", "ceil"), default="round",
                        help="rounding of allocated bits (default: round)")
     group.add_argument("-bap", "--bit-alloc-prior", dest="bap", choices=("gaus", "laplace"), default="gaus",
-                       help="prior of bit allocation: alpha_i = sigma_i (gaus) or b_i (laplace) (default: gaus)")
+                       help="prior of activation bit allocation: alpha_i = sigma_i (gaus) or b_i (laplace); weights "
+                            "always use sigma_i (default: gaus)")
     group.add_argument("-bata", "--bit-alloc-target-act", dest="bata", type=positive_float, default=None,
                        help="mean bits of activation allocation, may be fractional (with -mtq: bin allocation)")
     group.add_argument("-batw", "--bit-alloc-target-weight", dest="batw", type=positive_float, default=None,
@@ -52,20 +86,27 @@ def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> Non
     group.add_argument("-bcw", "--bias-corr-weight", dest="bcw", action="store_true", help="weight mean correction")
     group.add_argument("-vcw", "--var-corr-weight", dest="vcw", action="store_true", help="weight variance correction")
     group.add_argument("-bca", "--bias-corr-act", dest="bca", action="store_true",
-                       help="activation bias correction measured on -cs calibration images")
+                       help="activation bias correction: the seed's, per evaluated batch on Conv outputs with offline "
+                            "statistics (or, with --bca-folded, measured on -cs calibration images into the biases)")
     group.add_argument("-s", "--stochastic", action="store_true", help="stochastic rounding (seeded by --seed)")
     group.add_argument("-hs", "--hw-scale", dest="hs", action="store_true", help="power-of-two scales")
     group.add_argument("-pz", "--preserve-zero", dest="pz", action="store_true",
                        help="centre mid-tread grids on 0 (exact zero) instead of the channel mean")
     group.add_argument("-me", "--measure-entropy", dest="me", action="store_true",
                        help="entropy and Huffman bit rate of the integer codes per layer and on average")
-    group.add_argument("--act-quant-point", choices=("input", "output"), default="input",
-                       help="quantize activations at Conv/Linear inputs (default) or outputs with ReLU fused (the seed's)")
+    group.add_argument("--act-quant-point", choices=("input", "output"), default=None,
+                       help="quantize activations at Conv/Linear outputs with a following ReLU fused (the seed's; "
+                            "default) or at their inputs (default with --improved)")
     group.add_argument("--keep-8bit", action="append", default=None, metavar="PATTERN",
                        help="layer-name pattern kept at 8 bits, repeatable (default: the model's first and last layers; "
                             "'none' for no exception)")
     group.add_argument("--keep-fp", action="append", default=[], metavar="PATTERN",
                        help="layer-name pattern left in float, repeatable")
+    departures = parser.add_argument_group("departures from the seed's arithmetic (each off by default)")
+    for flag, field, text in DEPARTURE_FLAGS:
+        departures.add_argument(flag, dest=field, action="store_true", help=text)
+    departures.add_argument("--improved", action="store_true",
+                            help="every departure above, and activations quantized at GEMM inputs (--act-quant-point input)")
     stats = parser.add_argument_group("activation statistics")
     stats.add_argument("-sm", "--stats-mode", dest="sm", choices=STATS_MODES, default="no",
                        help="no: statistics of each evaluated batch; collect: measure on -cs calibration images, save "
@@ -74,7 +115,7 @@ def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> Non
     stats.add_argument("-sk", "--stats-kind", dest="sk", choices=("mean", "max"), default="mean",
                        help="reduction over calibration batches: mean of each statistic, or the extremes")
     stats.add_argument("-sba", "--stats-batch-avg", dest="sba", action="store_true",
-                       help="average each statistic over the calibration batches (the seed's name for -sk mean, the default)")
+                       help="collect min / max as each image's averaged over a calibration batch, not the batch's (the seed's)")
     stats.add_argument("-kld", "--kld-threshold", dest="kld", action="store_true",
                        help="clip with the KL-divergence threshold (the seed's name for -c kld)")
     stats.add_argument("-sf", "--stats-folder", dest="sf", type=Path, default=DEFAULT_STATS_FOLDER,
@@ -126,10 +167,15 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
         problems.append("-batw sets the target of weight bit allocation: add -baw")
     if args.kld and args.clipping not in ("no", "kld"):
         problems.append(f"-kld means -c kld and contradicts -c {args.clipping}: pass one of them")
-    if args.sba and args.sk == "max":
-        problems.append("-sba averages statistics over batches and -sk max takes their extremes: pass one of them")
-    if args.sba and args.sm == "no" and not args.ac:
-        problems.append("-sba concerns statistics over calibration batches: add -sm collect, -sm use or -ac")
+    if args.sba and args.sm != "collect" and not args.ac:
+        problems.append("-sba sets how statistics are collected: add -sm collect or -ac")
+    departures = departures_from_args(args)
+    if args.bca and not departures.bca_folded and args.sm == "no" and not args.ac:
+        problems.append("-bca (the seed's online correction) needs offline statistics: add -sm collect, -sm use or "
+                        "-ac, or measure it on calibration images with --bca-folded")
+    if args.bca and not departures.bca_folded and act_quant_point(args) == "input":
+        problems.append("-bca (the seed's online correction) corrects Conv outputs: use --act-quant-point output, "
+                        "or --bca-folded")
     if args.mtq and args.bata is None and args.batw is None:
         problems.append("-mtq (bin allocation) needs a fractional target: add -bata and/or -batw")
     if problems:
@@ -141,14 +187,15 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
             activation_bits[1], args.pcq_a or args.baa, clipping, bit_allocation=args.baa,
             allocation_target=args.bata, bin_allocation=args.mtq and args.bata is not None)
         weights = None if weight_bits is None else TensorQuantSpec(
-            weight_bits[1], args.pcq_w or args.baw, args.weight_clipping or clipping, bit_allocation=args.baw,
+            weight_bits[1], args.pcq_w or args.baw, args.weight_clipping, bit_allocation=args.baw,
             allocation_target=args.batw, bin_allocation=args.mtq and args.batw is not None, kind=weight_bits[0])
         config = QuantConfig(
             activations=activations, weights=weights, prior=Prior(args.bap), rounding=BitRounding(args.bam),
             preserve_zero=args.pz, stochastic=args.stochastic, power_of_two_scale=args.hs,
             bias_correct_weights=args.bcw, variance_correct_weights=args.vcw, bias_correct_activations=args.bca,
-            measure_entropy=args.me, act_quant_point=ActQuantPoint(args.act_quant_point), stats_kind=StatsKind(args.sk),
-            keep_8bit=keep_8bit_patterns(args, spec), keep_fp=tuple(args.keep_fp), seed=args.seed)
+            measure_entropy=args.me, act_quant_point=ActQuantPoint(act_quant_point(args)), stats_kind=StatsKind(args.sk),
+            keep_8bit=keep_8bit_patterns(args, spec), keep_fp=tuple(args.keep_fp), seed=args.seed,
+            departures=departures)
     except ValueError as error:
         raise UserError(str(error)) from None
     return config if config.enabled else None
@@ -156,4 +203,11 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
 
 def statistics_path(args: argparse.Namespace, per_channel: bool) -> Path:
     granularity = "per_channel" if per_channel else "per_tensor"
-    return args.sf / f"{args.arch}.{granularity}.{args.act_quant_point}.stats.pt"
+    return args.sf / f"{args.arch}.{granularity}.{statistics_point(args)}.stats.pt"
+
+
+def statistics_point(args: argparse.Namespace) -> str:
+    """Where statistics are observed: ``input``, ``output`` (pre-activation, the seed's) or
+    ``output.rectified`` (after a fused ReLU, with --rectified-aciq); files of one do not serve another."""
+    point = act_quant_point(args)
+    return f"{point}.rectified" if point == "output" and departures_from_args(args).rectified_aciq else point

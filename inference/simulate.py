@@ -12,7 +12,7 @@ from inference.data import LoaderOptions, RunData
 from inference.errors import UserError
 from inference.evaluate import EvalResult, Fidelity
 from inference.inspection import Inspection, evaluate_inspected
-from inference.quant_flags import statistics_path
+from inference.quant_flags import statistics_path, statistics_point
 
 LOG = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
     ``model`` runs beside the quantized copy on every evaluated batch (``SimulationResult.fidelity``).
     Under torchrun (``options.process``) calibration batches are split over the processes and
     their statistics merged exactly before use; only rank 0 writes the statistics file."""
+    from pytorch_quantizer.activation_bias import fold_activation_bias
     from pytorch_quantizer.stats_io import StatisticsFile, load_statistics, save_statistics
     from pytorch_quantizer.transform import QuantizedModel
 
@@ -49,35 +50,38 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
         layers = sorted(quantized.activation_plans())
         result = SimulationResult(EvalResult(0, 0, 0, 0), "on the fly (each evaluated batch)")
         calibration = None
-        if args.sm == "collect" or args.ac or args.bca:
+        folded_bca = args.bca and config.departures.bca_folded
+        if args.sm == "collect" or args.ac or folded_bca:
             calibration = data.calibration_loader(options)
             calibration_batches = progress(calibration.loader, "calibration", process.is_main)
             result.calibration, result.calibration_overlaps_eval = calibration.source, calibration.overlaps_eval
             result.calibration_images = calibration.images
         if args.sm == "use":
-            stored = load_statistics(path, args.arch, per_channel, args.act_quant_point, layers)
-            quantized.use_statistics({name: accumulator.reduce(args.sk) for name, accumulator in stored.layers.items()})
+            stored = load_statistics(path, args.arch, per_channel, statistics_point(args), layers)
+            quantized.use_statistics(reduced(stored.layers, args.sk, quantized.kept_layers()))
             result.statistics, result.statistics_file = f"from {path} ({stored.calibration_images} images)", str(path)
         elif args.sm == "collect" or args.ac:
             collecting = args.sm == "collect"
             if collecting:
-                accumulators, other = quantized.collect_statistics(calibration_batches, device, also_other_granularity=True)
+                accumulators, other = quantized.collect_statistics(calibration_batches, device, also_other_granularity=True,
+                                                                   image_averaged_range=args.sba)
             else:
-                accumulators, other = quantized.collect_statistics(calibration_batches, device), {}
+                accumulators, other = quantized.collect_statistics(calibration_batches, device,
+                                                                   image_averaged_range=args.sba), {}
             process.merge_statistics(accumulators)
             process.merge_statistics(other)
             images = calibration.images
             if collecting and process.is_main:
                 clipping = config.activations.clipping
                 for granularity, layers in ((per_channel, accumulators), (not per_channel, other)):
-                    save_statistics(StatisticsFile(args.arch, images, granularity, args.act_quant_point, clipping,
+                    save_statistics(StatisticsFile(args.arch, images, granularity, statistics_point(args), clipping,
                                                    layers), statistics_path(args, granularity))
                 result.statistics_file = str(path)
-            quantized.use_statistics({name: accumulator.reduce(args.sk) for name, accumulator in accumulators.items()})
+            quantized.use_statistics(reduced(accumulators, args.sk, quantized.kept_layers()))
             result.statistics = f"calibrated on {images} images of {calibration.source}"
-        if args.bca:
-            quantized.correct_activation_bias(progress(calibration.loader, "bias correction", process.is_main), device,
-                                              process.sum)
+        if folded_bca:
+            fold_activation_bias(quantized, progress(calibration.loader, "bias correction", process.is_main), device,
+                                 process.sum)
         result.evaluation, result.fidelity, result.files = evaluate_inspected(
             quantized.model, loader, device, args.print_freq, process, inspection, model if compare_fp32 else None)
         if process.distributed and (config.measure_entropy or measure_error):
@@ -89,6 +93,12 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
     if result.calibration_overlaps_eval:
         LOG.warning("calibration images overlap the evaluated ones: %s", result.calibration)
     return result
+
+
+def reduced(accumulators: dict, kind: str, kept: set[str]) -> dict:
+    """Each layer's statistics over the calibration batches: ``kind`` (-sk), and their extremes at
+    layers kept at 8 bits (the seed's classifier output)."""
+    return {name: accumulator.reduce("max" if name in kept else kind) for name, accumulator in accumulators.items()}
 
 
 def progress(loader, description: str, show: bool):

@@ -74,6 +74,36 @@ def ratio_table(prior: str) -> tuple[np.ndarray, np.ndarray]:
     return grid, np.array([optimal_ratio(prior, float(bits)) for bits in grid])
 
 
+# The seed's constants (its int_quantizer), by bit width: the optima above truncated to two
+# decimals; the "positive" tables (non-negative tensors) hold the constant of M + 1 bits.
+SEED_RATIOS = {
+    ("laplace", False): {0: 1.05, 1: 1.86, 2: 2.83, 3: 3.89, 4: 5.03, 5: 6.2, 6: 7.41, 7: 8.64, 8: 9.89},
+    ("laplace", True): {0: 1.86, 1: 2.83, 2: 3.89, 3: 5.02, 4: 6.2, 5: 7.41, 6: 8.64, 7: 9.89, 8: 11.16},
+    ("gaus", False): {1: 1.24, 2: 1.71, 3: 2.15, 4: 2.55, 5: 2.93, 6: 3.28, 7: 3.61, 8: 3.92},
+    ("gaus", True): {1: 1.71, 2: 2.15, 3: 2.55, 4: 2.93, 5: 3.28, 6: 3.61, 7: 3.92, 8: 4.2},
+}
+
+
+@lru_cache(maxsize=None)
+def seed_ratio_lookup(prior: str, non_negative: bool) -> torch.Tensor:
+    """The seed's ratio of 0..17 bits, the solved one where its table has none."""
+    table = SEED_RATIOS[(prior, non_negative)]
+    shift = 1 if non_negative else 0
+    return torch.tensor([table.get(bits, optimal_ratio(prior, float(min(bits + shift, GRID_MAX_BITS))))
+                         for bits in range(int(GRID_MAX_BITS) + 1)], dtype=torch.float32)
+
+
+def seed_ratios(prior: str, bits: torch.Tensor, non_negative: bool) -> torch.Tensor:
+    """The seed's ratio of each (integer) bit width; widths its table lacks (fractional ones of bin
+    allocation, above 8, Gaussian at 0) take the solved optimum of M (M + 1 when non-negative)."""
+    bits = bits.float()
+    lookup = seed_ratio_lookup(prior, non_negative).to(bits.device)
+    whole = torch.round(bits)
+    tabled = lookup[whole.clamp(0, GRID_MAX_BITS).long()]
+    solved = optimal_ratios(prior, bits + 1.0 if non_negative else bits)
+    return torch.where(whole == bits, tabled, solved)
+
+
 def optimal_ratios(prior: str, bits: torch.Tensor) -> torch.Tensor:
     """alpha* / scale for a tensor of (possibly fractional) bit widths, within [0, 17] bits."""
     grid, ratios = ratio_table(prior)

@@ -6,9 +6,13 @@ B = C * 2^M bins. Minimising sum_i alpha_i^2 / (3 * 4^{M_i}) subject to sum_i 2^
     2^{M_i} = B * alpha_i^{2/3} / sum_j alpha_j^{2/3}.
 
 Bin allocation keeps these real bin counts B_i (for mid-tread grids). Bit allocation rounds
-log2(B_i) (round or ceil), clamps to [0, 8], and adjusts the target so that the mean equals M:
-a bisection on the target, then the remaining integer difference goes to the channels whose real
-log2 value is nearest to the next level (this keeps larger alpha -> never fewer bits).
+log2(B_i) (round or ceil) and clamps to [0, 8]; the mean then misses M, so the target is adjusted:
+
+- the seed's loop (``seed_allocate_bits``): target <- target + (M - mean) / 2, at most ten times or
+  until |M - mean| <= 0.01, returning the last allocation (whose mean may still miss M);
+- budget-exact (``allocate_bits``, the departure ``exact_bit_budget``): a bisection on the target,
+  then the remaining integer difference goes to the channels whose real log2 value is nearest to
+  the next level (this keeps larger alpha -> never fewer bits).
 """
 from __future__ import annotations
 
@@ -36,6 +40,23 @@ def ideal_bits(alpha: torch.Tensor, target_bits: float) -> torch.Tensor:
 def rounded_bits(values: torch.Tensor, rounding: str) -> torch.Tensor:
     rounded = torch.ceil(values) if rounding == "ceil" else torch.round(values)
     return torch.clamp(rounded, 0, MAX_ALLOCATED_BITS)
+
+
+SEED_ADJUSTMENTS = 10
+SEED_TOLERANCE = 0.01
+
+
+def seed_allocate_bits(alpha: torch.Tensor, target_bits: float, rounding: str = "round") -> torch.Tensor:
+    """The seed's allocation (float32, as its code): bits = clamp(round(log2(B_i)), 0, 8) at an
+    adjusted target, last of at most ten adjustments (module docstring)."""
+    target = float(target_bits)
+    for _ in range(SEED_ADJUSTMENTS):
+        bits = rounded_bits(ideal_bits(alpha.float(), target).float(), rounding)
+        step = (target_bits - float(bits.mean())) / 2
+        target += step
+        if abs(2 * step) <= SEED_TOLERANCE:
+            break
+    return bits.float()
 
 
 def allocate_bits(alpha: torch.Tensor, target_bits: float, rounding: str = "round") -> torch.Tensor:

@@ -3,13 +3,19 @@
 Registry: ``@register_clipping(name)``; ``list_clipping()``; ``get_clipping(name)`` also resolves
 ``Kstd`` names (``2std``, ``2.5std``: alpha = K * sigma).
 
-ACIQ (``laplace``, ``gaus``): alpha = r(M') * b (Laplace) or r(M') * sigma (Gaussian), M' = M for
-signed tensors and M + 1 for non-negative ones (the M-bit grid then covers one tail only).
-Signed tensors clip to [mu - alpha, mu + alpha]. Non-negative (rectified) tensors clip to
-[0, alpha] with the scale of their positive part (``TensorStats.rectified_b`` / ``rectified_std``):
-for ReLU(Laplace(0, b)) the positive part is exponential with mean b, and the M + 1 constant is
-exactly the optimum of 2 b^2 exp(-alpha / b) + alpha^2 / (12 * 4^M) on the grid [0, alpha].
-Both ranges are intersected with [min, max]. ``Kstd`` keeps [0, max(mu, 0) + K sigma] there.
+ACIQ (``laplace``, ``gaus``): alpha = r(M') * b (Laplace, b = E|x - mu|) or r(M') * sigma
+(Gaussian), M' = M for signed tensors and M + 1 for non-negative ones (the M-bit grid then covers
+one tail only). r is the seed's truncated table (``aciq.seed_ratio``) or, with the departure
+``exact_aciq``, the numerical optimum. Ranges (``range_around_mean``), the seed's:
+
+    signed:        lo = max(min, mu - alpha), hi = lo + 2 alpha
+    non-negative:  lo = 0,                    hi = max(mu, 0) + alpha
+
+With ``range_within_data`` the signed range is [max(min, mu - alpha), min(max, mu + alpha)] and hi
+never exceeds max. With ``rectified_aciq`` a non-negative tensor is modelled as ReLU(prior) with the
+scale of its positive part (``TensorStats.rectified_b`` / ``rectified_std``) and clipped to
+[0, alpha]: for ReLU(Laplace(0, b)) the positive part is exponential with mean b, and the M + 1
+constant is exactly the optimum of 2 b^2 exp(-alpha / b) + alpha^2 / (12 * 4^M) on [0, alpha].
 
 Methods that need the values themselves (``kld``, ``mix``, ``pct``, ``mse``) implement ``measure``,
 which the statistics observer can run per batch so that offline statistics carry their result.
@@ -24,18 +30,19 @@ from typing import Callable
 import torch
 
 from pytorch_quantizer import aciq
+from pytorch_quantizer.departures import Departures
 from pytorch_quantizer.errors import InputError
 from pytorch_quantizer.primitives import fake_quantize_range
 from pytorch_quantizer.stats import TensorStats
 
-RangeFn = Callable[[TensorStats, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
+RangeFn = Callable[[TensorStats, torch.Tensor, bool, Departures], tuple[torch.Tensor, torch.Tensor]]
 MeasureFn = Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class ClippingMethod:
-    """``clip_range(stats, bits, non_negative) -> (lo, hi)``; ``measure(rows, bits, non_negative)``
-    (rows: the (C, N) view of the tensor) for methods that need the values."""
+    """``clip_range(stats, bits, non_negative, departures) -> (lo, hi)``; ``measure(rows, bits,
+    non_negative)`` (rows: the (C, N) view of the tensor) for methods that need the values."""
 
     name: str
     clip_range: RangeFn
@@ -71,65 +78,77 @@ def get_clipping(name: str) -> ClippingMethod:
     match = KSTD_PATTERN.match(name)
     if match and float(match.group(1)) > 0:
         factor = float(match.group(1))
-        return ClippingMethod(name, lambda stats, bits, non_negative: ksigma_range(stats, factor, non_negative),
+        return ClippingMethod(name, lambda stats, bits, non_negative, departures=MEASURED:
+                              range_around_mean(stats, factor * stats.std, non_negative, departures),
                               description=f"alpha = {factor:g} sigma")
     raise InputError(f"unknown clipping method {name!r}; use one of {', '.join(list_clipping())} (e.g. 2std)")
 
 
-def range_around_mean(stats: TensorStats, alpha: torch.Tensor, non_negative: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """[mu - alpha, mu + alpha] (signed) or [0, max(mu, 0) + alpha] (non-negative), within [min, max]."""
+MEASURED = Departures.all()  # the value-measuring methods are this project's: ranges within the data
+
+
+def range_around_mean(stats: TensorStats, alpha: torch.Tensor, non_negative: bool,
+                      departures: Departures = Departures()) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's range of clipping value alpha (module docstring), or within [min, max] with
+    ``departures.range_within_data``."""
+    within = departures.range_within_data
     if non_negative:
         lo = torch.zeros_like(stats.min)
-        hi = torch.minimum(stats.max, torch.clamp(stats.mean, min=0.0) + alpha)
-    else:
-        lo = torch.maximum(stats.min, stats.mean - alpha)
-        hi = torch.minimum(stats.max, stats.mean + alpha)
-    return lo, hi
+        hi = torch.clamp(stats.mean, min=0.0) + alpha
+        return lo, torch.minimum(stats.max, hi) if within else hi
+    lo = torch.maximum(stats.min, stats.mean - alpha)
+    return lo, torch.minimum(stats.max, stats.mean + alpha) if within else lo + 2 * alpha
 
 
 def effective_bits(bits: torch.Tensor, non_negative: bool) -> torch.Tensor:
     return bits.float() + 1.0 if non_negative else bits.float()
 
 
-def aciq_alpha(prior: str, stats: TensorStats, bits: torch.Tensor, non_negative: bool) -> torch.Tensor:
-    if non_negative:
-        scale = stats.rectified_b if prior == "laplace" else stats.rectified_std
-    else:
-        scale = stats.b if prior == "laplace" else stats.std
+def aciq_scale(prior: str, stats: TensorStats, rectified: bool) -> torch.Tensor:
+    """b (Laplace) or sigma (Gaussian) of the tensor, or of its positive part when ``rectified``."""
+    if rectified:
+        return stats.rectified_b if prior == "laplace" else stats.rectified_std
+    return stats.b if prior == "laplace" else stats.std
+
+
+def aciq_alpha(prior: str, stats: TensorStats, bits: torch.Tensor, non_negative: bool,
+               departures: Departures = Departures()) -> torch.Tensor:
+    """alpha = r(M') * scale: the seed's ratio table, or the solved optimum with ``exact_aciq``."""
+    scale = aciq_scale(prior, stats, non_negative and departures.rectified_aciq)
     bits = torch.as_tensor(bits, dtype=torch.float32, device=scale.device).expand_as(scale)
-    return aciq.optimal_ratios(prior, effective_bits(bits, non_negative)) * scale
-
-
-def ksigma_range(stats: TensorStats, factor: float, non_negative: bool):
-    return range_around_mean(stats, factor * stats.std, non_negative)
+    if departures.exact_aciq:
+        ratios = aciq.optimal_ratios(prior, effective_bits(bits, non_negative))
+    else:
+        ratios = aciq.seed_ratios(prior, bits, non_negative)
+    return ratios * scale
 
 
 @register_clipping("no", "min/max range, no clipping")
-def no_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
+def no_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool, departures: Departures = Departures()):
     lo = torch.zeros_like(stats.min) if non_negative else stats.min
     return lo, stats.max
 
 
-def aciq_range(prior: str, stats: TensorStats, bits: torch.Tensor, non_negative: bool):
-    alpha = aciq_alpha(prior, stats, bits, non_negative)
-    if non_negative:
-        return torch.zeros_like(stats.min), torch.minimum(stats.max, alpha)
-    return range_around_mean(stats, alpha, non_negative)
+def aciq_range(prior: str, stats: TensorStats, bits: torch.Tensor, non_negative: bool, departures: Departures):
+    alpha = aciq_alpha(prior, stats, bits, non_negative, departures)
+    if non_negative and departures.rectified_aciq:
+        return torch.zeros_like(stats.min), torch.minimum(stats.max, alpha) if departures.range_within_data else alpha
+    return range_around_mean(stats, alpha, non_negative, departures)
 
 
 @register_clipping("laplace", "ACIQ, Laplace prior: alpha = r_L(M) * b")
-def laplace_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
-    return aciq_range("laplace", stats, bits, non_negative)
+def laplace_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool, departures: Departures = Departures()):
+    return aciq_range("laplace", stats, bits, non_negative, departures)
 
 
 @register_clipping("gaus", "ACIQ, Gaussian prior: alpha = r_G(M) * sigma")
-def gaussian_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
-    return aciq_range("gaus", stats, bits, non_negative)
+def gaussian_clipping(stats: TensorStats, bits: torch.Tensor, non_negative: bool, departures: Departures = Departures()):
+    return aciq_range("gaus", stats, bits, non_negative, departures)
 
 
 def measured_range(name: str):
     """Range read from statistics that ``measure`` produced (stored as extra lo/hi entries)."""
-    def clip_range(stats: TensorStats, bits: torch.Tensor, non_negative: bool):
+    def clip_range(stats: TensorStats, bits: torch.Tensor, non_negative: bool, departures: Departures = Departures()):
         try:
             return stats.extra[f"{name}.lo"], stats.extra[f"{name}.hi"]
         except KeyError:
@@ -153,7 +172,8 @@ def quantization_mse(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bit
 def measure_mix(rows: torch.Tensor, bits: torch.Tensor, non_negative: bool):
     """For the whole tensor, the ranges of laplace, gaus or no clipping, whichever has the smallest measured MSE."""
     stats = rows_stats(rows)
-    candidates = [method(stats, bits, non_negative) for method in (laplace_clipping, gaussian_clipping, no_clipping)]
+    candidates = [method(stats, bits, non_negative, MEASURED)
+                  for method in (laplace_clipping, gaussian_clipping, no_clipping)]
     errors = torch.stack([quantization_mse(rows, lo, hi, bits).sum() for lo, hi in candidates])
     return candidates[int(errors.argmin())]
 
@@ -175,12 +195,13 @@ def measure_mse(rows: torch.Tensor, bits: torch.Tensor, non_negative: bool, chun
         part = fractions[start:start + per_chunk]
         alphas = part.unsqueeze(1) * spread.unsqueeze(0)
         count = len(part)
-        lo, hi = range_around_mean(stats.map(lambda value: value.repeat(count)), alphas.reshape(-1), non_negative)
+        lo, hi = range_around_mean(stats.map(lambda value: value.repeat(count)), alphas.reshape(-1), non_negative,
+                                   MEASURED)
         stacked = rows.repeat(count, 1)
         errors.append(quantization_mse(stacked, lo, hi, bits.repeat(count)).reshape(count, channels))
     best = torch.cat(errors).argmin(dim=0)
     alpha = fractions[best] * spread
-    return range_around_mean(stats, alpha, non_negative)
+    return range_around_mean(stats, alpha, non_negative, MEASURED)
 
 
 PERCENTILE = 99.99

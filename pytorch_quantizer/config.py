@@ -10,11 +10,12 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from pytorch_quantizer.clipping import get_clipping
+from pytorch_quantizer.departures import Departures
 from pytorch_quantizer.errors import InputError
 
 MIN_BITS, MAX_BITS = 1, 16
 BIT_ALLOCATION_MAX_BITS = 4
-TENSOR_CLIPPING_FOR_ALLOCATION = ("laplace", "gaus")
+ALLOCATION_CLIPPING = ("no", "laplace", "gaus")
 
 
 class Prior(str, Enum):
@@ -80,9 +81,9 @@ class TensorQuantSpec:
         allocating = self.bit_allocation or self.bin_allocation
         if allocating and not self.per_channel:
             raise InputError("bit/bin allocation is per channel: add per-channel quantization (-pcq_a / -pcq_w)")
-        if allocating and self.clipping not in TENSOR_CLIPPING_FOR_ALLOCATION:
-            raise InputError(f"bit/bin allocation clips each channel with the ACIQ constant of its own bit width: "
-                             f"add -c laplace or -c gaus (not {self.clipping})")
+        if allocating and self.clipping not in ALLOCATION_CLIPPING:
+            raise InputError(f"bit/bin allocation takes min / max ranges or ACIQ clipping (each channel clipped with "
+                             f"the constant of its own bits): use -c no, laplace or gaus (not {self.clipping})")
         if self.allocation_target is not None and not 0 < self.allocation_target <= 8:
             raise InputError(f"allocation target must be within (0, 8] bits, got {self.allocation_target}")
         if self.bin_allocation and self.allocation_target is None:
@@ -103,8 +104,12 @@ class TensorQuantSpec:
 class QuantConfig:
     """A whole recipe. ``activations`` / ``weights`` None means that kind stays float.
 
-    ``keep_8bit`` / ``keep_fp``: module-name patterns (fnmatch) of layers kept at 8 bits / in float;
-    ``prior`` and ``rounding`` steer bit allocation.
+    ``keep_8bit`` / ``keep_fp``: module-name patterns (fnmatch) of layers kept at 8 bits / in float
+    (kept activations are quantized per tensor over their min / max, as the seed does for its
+    classifier; kept weights keep their granularity and are never clipped unless ``weights``
+    clips); ``prior`` and ``rounding`` steer bit allocation; ``departures`` selects this project's
+    variants of the seed's arithmetic; ``act_quant_point`` OUTPUT is the seed's (Conv/Linear outputs,
+    a following ReLU / ReLU6 fused as a range starting at 0), INPUT quantizes what each GEMM reads.
     """
 
     activations: TensorQuantSpec | None = None
@@ -118,11 +123,12 @@ class QuantConfig:
     variance_correct_weights: bool = False
     bias_correct_activations: bool = False
     measure_entropy: bool = False
-    act_quant_point: ActQuantPoint = ActQuantPoint.INPUT
+    act_quant_point: ActQuantPoint = ActQuantPoint.OUTPUT
     stats_kind: StatsKind = StatsKind.MEAN
     keep_8bit: tuple[str, ...] = ()
     keep_fp: tuple[str, ...] = ()
     seed: int = 0
+    departures: Departures = Departures()
 
     def __post_init__(self):
         if (self.bias_correct_weights or self.variance_correct_weights) and self.weights is None:
@@ -132,6 +138,10 @@ class QuantConfig:
             raise InputError("k-means weights take no bit allocation: drop -baw/-batw or use -qw intN")
         if self.bias_correct_activations and not self.enabled:
             raise InputError("activation bias correction (-bca) needs quantization (--qtype / -qw)")
+        if (self.bias_correct_activations and not self.departures.bca_folded
+                and self.act_quant_point == ActQuantPoint.INPUT):
+            raise InputError("-bca (the seed's online correction) corrects Conv outputs: quantize activations at "
+                             "outputs, or measure it on calibration images with --bca-folded")
 
     @property
     def enabled(self) -> bool:

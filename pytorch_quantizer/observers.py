@@ -40,12 +40,14 @@ def merge_rule(key: str) -> str:
 
 @dataclass(frozen=True)
 class ObservedLayer:
-    """What to observe at one layer: the channel axis (None: per tensor) and, for clipping methods
-    that need the values, the method and the bits to measure them at."""
+    """What to observe at one layer: the channel axis (None: per tensor), for clipping methods that
+    need the values the method and the bits to measure them at, and whether min / max are each
+    image's averaged over the batch (the seed's per-batch ranges and -sba) instead of the batch's."""
 
     axis: int | None
     clipping: str
     bits: float
+    image_averaged_range: bool = False
 
 
 class StatsAccumulator:
@@ -94,9 +96,24 @@ class StatsAccumulator:
         return TensorStats.from_dict(values)
 
 
+def image_averaged_range(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """min and max of each image (dim 0), per channel of ``axis`` or over the whole image, averaged
+    over the images of the batch."""
+    x = x.detach().float()
+    images = x.shape[0]
+    if axis is None or x.dim() < 2:
+        rows = x.reshape(images, 1, -1)
+    else:
+        rows = x.movedim(axis, 1).reshape(images, x.shape[axis], -1)
+    return rows.amin(dim=2).mean(dim=0), rows.amax(dim=2).mean(dim=0)
+
+
 def observe(x: torch.Tensor, layer: ObservedLayer) -> TensorStats:
     """Statistics of one batch at one layer, with measured clipping ranges where the method needs them."""
     stats = compute_stats(x, layer.axis)
+    if layer.image_averaged_range:
+        low, high = image_averaged_range(x, layer.axis)
+        stats = replace(stats, min=low.to(stats.min.device), max=high.to(stats.max.device))
     method = get_clipping(layer.clipping)
     if method.needs_values:
         rows = channels_first(x.detach().float(), layer.axis)

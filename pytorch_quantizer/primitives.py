@@ -63,6 +63,30 @@ def gemmlowp_params(lo: torch.Tensor, hi: torch.Tensor, bits: torch.Tensor | int
     return scale, zero_point, qmax
 
 
+SEED_MIN_SCALE = 1e-8
+
+
+def seed_gemmlowp_params(lo: torch.Tensor, hi: torch.Tensor, bits: torch.Tensor | int,
+                         power_of_two: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The seed's GEMMLOWP parameters for the range [lo, hi] at M bits (its int_quantizer):
+
+        qmax = 2^M - 1, s = max((hi - lo) / qmax, 1e-8)   (s = 1e-8 where qmax = 0)
+        z = round(-lo / s)                                 (not clamped: the grid {(k - z) s, k = 0..qmax}
+                                                            is [lo, hi] shifted by up to s / 2 so that 0
+                                                            is a level, even when 0 is outside [lo, hi])
+
+    A channel with 0 bits has qmax = 0, so every value becomes -z s ~= lo, its lower range end.
+    """
+    lo = torch.as_tensor(lo, dtype=torch.float32)
+    hi = torch.as_tensor(hi, dtype=torch.float32)
+    lo, hi, qmax = torch.broadcast_tensors(lo, hi, qmax_for_bits(bits).to(lo.device))
+    scale = torch.where(qmax > 0, (hi - lo) / torch.where(qmax > 0, qmax, torch.ones_like(qmax)), torch.zeros_like(hi))
+    scale = torch.clamp(scale, min=SEED_MIN_SCALE)
+    if power_of_two:
+        scale = torch.exp2(torch.ceil(torch.log2(scale)))
+    return scale, torch.round(-lo / scale), qmax
+
+
 def round_values(v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Round to nearest (ties to even), or stochastically with ``generator`` (floor(v + u), u ~ U[0, 1))."""
     if generator is None:

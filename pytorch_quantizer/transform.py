@@ -2,25 +2,28 @@
 
 On entry: deep copy (unless ``inplace``), BatchNorm folded into the preceding convs, a plan per
 Conv/Linear layer from the config and name patterns, weights quantized once (with bias/variance
-correction), activation hooks attached keyed by module name: forward pre-hooks quantize the input
-of every GEMM (default), or forward hooks quantize Conv/Linear outputs with a following ReLU/ReLU6
-fused (``act_quant_point=output``, the seed's convention). On exit the hooks are removed.
+correction), activation hooks attached keyed by module name: forward hooks quantize Conv/Linear
+outputs (``act_quant_point=output``, the seed's convention: a following ReLU / ReLU6 is fused as a
+range starting at 0, and the statistics are those of the pre-activation output), or forward
+pre-hooks quantize the input of every GEMM (``input``). On exit the hooks are removed.
 
-Activation statistics come from each batch on the fly, or from ``use_statistics`` (offline).
+Activation statistics come from each batch on the fly, or from ``use_statistics`` (offline). With
+offline statistics and ``bias_correct_activations`` (not ``bca_folded``), every Conv output is
+corrected online as the seed does (``bias_correction.correct_positive_outputs``).
 """
 from __future__ import annotations
 
 import copy
 import fnmatch
 import math
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from pytorch_quantizer import backend
-from pytorch_quantizer.bias_correction import correct_weights
+from pytorch_quantizer.bias_correction import correct_positive_outputs, correct_weights
 from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec, WeightKind
 from pytorch_quantizer.entropy import huffman_bits_per_symbol, shannon_entropy, weighted_average
 from pytorch_quantizer.errors import InputError
@@ -41,6 +44,7 @@ class LayerPlan:
     activation: TensorQuantSpec | None
     weight: TensorQuantSpec | None
     fused_activation: type | None = None
+    kept_8bit: bool = False
 
 
 @dataclass
@@ -94,19 +98,23 @@ class LayerMeasures:
         return huffman_bits_per_symbol(self.histogram.numpy()) if self.histogram is not None else float("nan")
 
 
-def observed_layer(spec: TensorQuantSpec, axis: int) -> ObservedLayer:
+def observed_layer(spec: TensorQuantSpec, axis: int, image_averaged_range: bool = False) -> ObservedLayer:
     """What to observe for a tensor quantized per ``spec`` (channel ``axis`` when per channel)."""
-    return ObservedLayer(axis if spec.per_channel else None, spec.clipping, spec.bits)
+    return ObservedLayer(axis if spec.per_channel else None, spec.clipping, spec.bits, image_averaged_range)
 
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def kept_at(spec: TensorQuantSpec | None, bits: int) -> TensorQuantSpec | None:
-    if spec is None or (spec.bits >= bits and not spec.bit_allocation and not spec.bin_allocation):
-        return spec
-    return spec.at_bits(bits)
+def kept_at(spec: TensorQuantSpec | None, bits: int, min_max_per_tensor: bool = False) -> TensorQuantSpec | None:
+    """``spec`` at ``bits`` without allocation (unchanged when already that wide); with
+    ``min_max_per_tensor`` over the tensor's min / max, as the seed quantizes its classifier output."""
+    if spec is None:
+        return None
+    if spec.bits < bits or spec.bit_allocation or spec.bin_allocation:
+        spec = spec.at_bits(max(bits, spec.bits))
+    return replace(spec, per_channel=False, clipping="no") if min_max_per_tensor else spec
 
 
 def plan_layers(model: nn.Module, config: QuantConfig, fused: dict[str, type]) -> dict[str, LayerPlan]:
@@ -116,12 +124,13 @@ def plan_layers(model: nn.Module, config: QuantConfig, fused: dict[str, type]) -
         if not isinstance(module, GEMM_LAYERS):
             continue
         activation, weight = config.activations, config.weights
+        kept = not matches(name, config.keep_fp) and matches(name, config.keep_8bit)
         if matches(name, config.keep_fp):
             activation = weight = None
-        elif matches(name, config.keep_8bit):
-            activation, weight = kept_at(activation, 8), kept_at(weight, 8)
+        elif kept:
+            activation, weight = kept_at(activation, 8, min_max_per_tensor=True), kept_at(weight, 8)
         fused_activation = fused.get(name) if config.act_quant_point == ActQuantPoint.OUTPUT else None
-        plans[name] = LayerPlan(name, type(module).__name__, activation, weight, fused_activation)
+        plans[name] = LayerPlan(name, type(module).__name__, activation, weight, fused_activation, kept)
     return plans
 
 
@@ -199,7 +208,7 @@ class QuantizedModel:
             measures.mean_bits = float(spec.bits)
         else:
             outcome = quantize_tensor(weight, observe(weight, observed_layer(spec, 0)), spec, self.config, axis=0,
-                                      seed=self.rounding_seed(), want_codes=True)
+                                      seed=self.rounding_seed(), want_codes=True, weights=True)
             values, codes = outcome.values, outcome.codes
             measures.mean_bits = float(outcome.bits.float().mean())
             measures.clip_mean = float(((outcome.hi - outcome.lo) / 2).mean())
@@ -212,14 +221,24 @@ class QuantizedModel:
 
     # --- activations ---------------------------------------------------------------------
 
-    def observed_layers(self, per_channel: bool | None = None) -> dict[str, ObservedLayer]:
+    def observed_layers(self, per_channel: bool | None = None, image_averaged_range: bool = False
+                        ) -> dict[str, ObservedLayer]:
         """What statistics collection must observe for this plan (per layer axis, clipping, bits);
-        ``per_channel`` overrides the plan's granularity (a statistics file of the other kind)."""
-        layers = {name: observed_layer(plan.activation, ACTIVATION_AXIS) for name, plan in self.activation_plans().items()}
+        ``per_channel`` overrides the plan's granularity (a statistics file of the other kind) except
+        at layers kept at 8 bits, which are per tensor in both;
+        ``image_averaged_range``: min / max averaged over each batch's images (the seed's -sba),
+        except at layers kept at 8 bits (the seed's classifier takes the batch's)."""
+        layers = {name: observed_layer(plan.activation, ACTIVATION_AXIS, image_averaged_range and not plan.kept_8bit)
+                  for name, plan in self.activation_plans().items()}
         if per_channel is None:
             return layers
         axis = ACTIVATION_AXIS if per_channel else None
-        return {name: replace(layer, axis=axis) for name, layer in layers.items()}
+        kept = self.kept_layers()
+        return {name: layer if name in kept else replace(layer, axis=axis) for name, layer in layers.items()}
+
+    def kept_layers(self) -> set[str]:
+        """Layers whose activations are kept at 8 bits over their min / max."""
+        return {name for name, plan in self.activation_plans().items() if plan.kept_8bit}
 
     def use_statistics(self, stats: dict[str, TensorStats] | None) -> None:
         """Quantize activations with these statistics (offline) instead of each batch's (None)."""
@@ -238,6 +257,24 @@ class QuantizedModel:
             return torch.clamp(output, 0.0, 6.0)
         return output
 
+    def observed_value(self, name: str, output: torch.Tensor) -> torch.Tensor:
+        """What is observed and quantized at a layer output: the pre-activation output (the seed's),
+        or with ``rectified_aciq`` the output of the fused ReLU / ReLU6."""
+        return self.fused_output(name, output) if self.config.departures.rectified_aciq else output
+
+    def starts_at_zero(self, name: str, stats: TensorStats) -> bool:
+        """At outputs, where a ReLU / ReLU6 is fused (the seed's half range); at inputs, where the
+        statistics show no negative value."""
+        return self.plans[name].fused_activation is not None if self.at_output else stats.non_negative
+
+    def image_averaged_online(self, name: str) -> bool:
+        """The seed's per-batch range of a per-tensor activation without clipping: each image's
+        min / max averaged over the batch (not at the 8-bit classifier; the departure ``batch_range``
+        takes the batch's)."""
+        plan = self.plans[name]
+        spec = plan.activation
+        return not (self.config.departures.batch_range or spec.per_channel or spec.clipping != "no" or plan.kept_8bit)
+
     @torch.no_grad()
     def quantize_activation(self, name: str, x: torch.Tensor) -> torch.Tensor:
         plan = self.plans[name]
@@ -245,11 +282,12 @@ class QuantizedModel:
         if self.activation_stats is not None:
             # fixed statistics give fixed ranges and bits: plan once per layer, not per batch
             if name not in self._fixed_plans:
-                self._fixed_plans[name] = plan_quantization(self.activation_stats[name], spec, self.config)
+                stats = self.activation_stats[name]
+                self._fixed_plans[name] = plan_quantization(stats, spec, self.config, self.starts_at_zero(name, stats))
             plan = self._fixed_plans[name]
         else:
-            stats = observe(x, observed_layer(spec, ACTIVATION_AXIS))
-            plan = plan_quantization(stats, spec, self.config)
+            stats = observe(x, observed_layer(spec, ACTIVATION_AXIS, self.image_averaged_online(name)))
+            plan = plan_quantization(stats, spec, self.config, self.starts_at_zero(name, stats))
         outcome = apply_plan(x, plan, ACTIVATION_AXIS, seed=self.rounding_seed(), want_codes=self.config.measure_entropy)
         measures = self.activation_measures[name]
         measures.elements += x.numel()
@@ -269,30 +307,75 @@ class QuantizedModel:
             return (self.quantize_activation(name, args[0]),) + tuple(args[1:])
         return hook
 
+    @property
+    def corrects_outputs_online(self) -> bool:
+        """The seed's -bca: with offline statistics, each Conv output corrected per batch."""
+        config = self.config
+        return (config.bias_correct_activations and not config.departures.bca_folded
+                and self.activation_stats is not None)
+
     def output_hook(self, name: str):
         def hook(module, args, output):
             if self._bypass:
                 return None
-            return self.quantize_activation(name, self.fused_output(name, output))
+            quantized = self.quantize_activation(name, self.observed_value(name, output))
+            if self.corrects_outputs_online and isinstance(module, nn.Conv2d):
+                quantized = correct_positive_outputs(self.fused_output(name, output), quantized)
+            return quantized
         return hook
 
-    # --- statistics collection and activation bias correction ------------------------------
+    # --- statistics collection ------------------------------------------------------------
 
-    def collect_statistics(self, batches, device: torch.device, also_other_granularity: bool = False
+    @property
+    def bypassing(self) -> bool:
+        return self._bypass
+
+    @contextmanager
+    def bypassed(self):
+        """Activation quantization off for the block (hooks pass values through)."""
+        previous, self._bypass = self._bypass, True
+        try:
+            yield
+        finally:
+            self._bypass = previous
+
+    @contextmanager
+    def float_model(self):
+        """For the block, the BN-folded float model: float weights back in place and activation
+        quantization bypassed (the seed collects statistics on it)."""
+        quantized = {}
+        for name, (weight, bias) in self.float_params.items():
+            module = self.model.get_submodule(name)
+            quantized[name] = module.weight.detach().clone()
+            module.weight.data.copy_(weight)
+        try:
+            with self.bypassed():
+                yield self.model
+        finally:
+            for name, weight in quantized.items():
+                self.model.get_submodule(name).weight.data.copy_(weight)
+
+    def collect_statistics(self, batches, device: torch.device, also_other_granularity: bool = False,
+                           image_averaged_range: bool = False
                            ) -> dict[str, StatsAccumulator] | tuple[dict[str, StatsAccumulator], dict[str, StatsAccumulator]]:
-        """Run ``batches`` through the quantized model with on-the-fly statistics and observe each
-        layer's activations before quantization (the statistics offline use will reproduce).
+        """Run ``batches`` through the float model (the seed's; through the quantized one with
+        on-the-fly statistics with the departure ``calibrate_quantized``) and observe each layer's
+        activations where they would be quantized, before quantization.
 
         Returns {layer: StatsAccumulator} of the plan's granularity; with ``also_other_granularity``
         a pair (the plan's, the other one's: per tensor for a per-channel plan and vice versa),
-        observed in the same pass."""
+        observed in the same pass. ``image_averaged_range``: the seed's -sba."""
         previous = self.activation_stats
         self.activation_stats = None
         per_channel = any(layer.axis is not None for layer in self.observed_layers().values())
-        variants = [self.observed_layers()] + ([self.observed_layers(not per_channel)] if also_other_granularity else [])
+        variants = [self.observed_layers(None, image_averaged_range)]
+        if also_other_granularity:
+            variants.append(self.observed_layers(not per_channel, image_averaged_range))
+        model = nullcontext() if self.config.departures.calibrate_quantized else self.float_model()
         try:
             with ExitStack() as stack:
-                collected = [stack.enter_context(observing(self.model, layers, self.at_output, self.fused_output))
+                stack.enter_context(model)
+                collected = [stack.enter_context(observing(self.model, layers, self.at_output, self.observed_value))
                              for layers in variants]
                 with torch.inference_mode():
                     for inputs, _ in batches:
@@ -300,62 +383,6 @@ class QuantizedModel:
         finally:
             self.activation_stats = previous
         return tuple(collected) if also_other_granularity else collected[0]
-
-    @torch.no_grad()
-    def correct_activation_bias(self, batches, device: torch.device, sum_over_processes=None) -> dict[str, torch.Tensor]:
-        """-bca: per output channel, the mean of (float layer output - quantized layer output) over
-        ``batches``, both computed from the same (quantized) layer input, added to the layer bias.
-        ``sum_over_processes`` adds the sums and counts of processes that saw other batches."""
-        raw_inputs: dict[str, torch.Tensor] = {}
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        handles = []
-
-        def keep_input(name):
-            def hook(module, args):
-                if not self._bypass:
-                    raw_inputs[name] = args[0]
-            return hook
-
-        def measure(name):
-            def hook(module, args, output):
-                if self._bypass:
-                    return
-                weight, bias = self.float_params[name]
-                self._bypass = True
-                try:
-                    reference = torch.func.functional_call(module, {"weight": weight, "bias": bias}, (raw_inputs[name],))
-                finally:
-                    self._bypass = False
-                difference = (reference - output).transpose(0, 1).reshape(output.shape[1], -1)
-                sums[name] = sums.get(name, 0) + difference.double().sum(dim=1)
-                counts[name] = counts.get(name, 0) + difference.shape[1]
-            return hook
-
-        for name, plan in self.plans.items():
-            if plan.weight is None and plan.activation is None:
-                continue
-            module = self.model.get_submodule(name)
-            handles.append(module.register_forward_pre_hook(keep_input(name), prepend=True))
-            handles.append(module.register_forward_hook(measure(name), prepend=True))
-        try:
-            for inputs, _ in batches:
-                self.model(inputs.to(device))
-        finally:
-            for handle in handles:
-                handle.remove()
-        corrections = {}
-        for name in sorted(sums):
-            total, count = sums[name], torch.tensor(counts[name], dtype=torch.float64)
-            if sum_over_processes is not None:
-                total, count = sum_over_processes(total), sum_over_processes(count)
-            module = self.model.get_submodule(name)
-            correction = (total / count).to(module.weight.dtype)
-            if module.bias is None:
-                module.bias = nn.Parameter(torch.zeros_like(correction))
-            module.bias.add_(correction)
-            corrections[name] = correction
-        return corrections
 
     # --- results ------------------------------------------------------------------------
 

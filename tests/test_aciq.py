@@ -6,12 +6,14 @@ import torch
 
 from pytorch_quantizer import aciq, allocation
 from pytorch_quantizer.clipping import get_clipping, list_clipping
+from pytorch_quantizer.departures import Departures
 from pytorch_quantizer.errors import InputError
 from pytorch_quantizer.primitives import fake_quantize_range
 from pytorch_quantizer.stats import compute_stats
 
 LAPLACE = [1.8628, 2.8307, 3.8972, 5.0286, 6.2048, 7.4131, 8.6456, 9.8968]
 GAUSSIAN = [1.2399, 1.7106, 2.1516, 2.5591, 2.9362, 3.2869, 3.6151, 3.9240]
+IMPROVED = Departures.all()
 
 
 @pytest.mark.parametrize("prior, expected", [("laplace", LAPLACE), ("gaus", GAUSSIAN)])
@@ -33,7 +35,7 @@ def clipped_mse(x, name, bits=4):
     if method.needs_values:
         lo, hi = method.measure(x.reshape(1, -1), torch.tensor([float(bits)]), stats.non_negative)
     else:
-        lo, hi = method.clip_range(stats, torch.tensor([float(bits)]), stats.non_negative)
+        lo, hi = method.clip_range(stats, torch.tensor([float(bits)]), stats.non_negative, IMPROVED)
     return float((fake_quantize_range(x, lo[0], hi[0], bits) - x).square().mean())
 
 
@@ -82,9 +84,19 @@ def test_registry_lists_methods_and_rejects_unknown_names():
 def test_non_negative_tensor_uses_the_next_bit_constant():
     x = torch.distributions.Exponential(1.0).sample((100_000,))
     stats = compute_stats(x)
-    lo, hi = get_clipping("laplace").clip_range(stats, torch.tensor([4.0]), True)
+    lo, hi = get_clipping("laplace").clip_range(stats, torch.tensor([4.0]), True, IMPROVED)
     assert float(lo) == 0.0
     assert math.isclose(float(hi), aciq.optimal_ratio("laplace", 5) * float(x.mean()), rel_tol=1e-5)
+    lo, hi = get_clipping("laplace").clip_range(stats, torch.tensor([4.0]), True)  # the seed: mean + 6.2 b
+    assert float(lo) == 0.0
+    assert math.isclose(float(hi), float(stats.mean) + 6.2 * float(stats.b), rel_tol=1e-6)
+
+
+def test_seed_table_is_the_exact_ratios_to_two_decimals():
+    for bits in range(1, 9):
+        for prior, exact in (("laplace", LAPLACE), ("gaus", GAUSSIAN)):
+            seed = float(aciq.seed_ratios(prior, torch.tensor([float(bits)]), False)[0])
+            assert abs(exact[bits - 1] - seed) < 0.01  # two decimals (3.89 for 3.8972, 1.24 for 1.2399)
 
 
 @pytest.mark.parametrize("zeros", [0.5, 0.9, 0.98])
@@ -98,7 +110,7 @@ def test_rectified_laplace_scale_ignores_the_zeros_and_clips_near_the_optimum(ze
     assert abs(float(stats.positive_fraction) - (1 - zeros)) < 0.005
     assert abs(float(stats.rectified_b) - 1.0) < 0.02
     bits = torch.tensor([4.0])
-    lo, hi = get_clipping("laplace").clip_range(stats, bits, True)
+    lo, hi = get_clipping("laplace").clip_range(stats, bits, True, IMPROVED)
     aciq_mse = float((fake_quantize_range(x, lo[0], hi[0], 4) - x).square().mean())
     searched = min(float((fake_quantize_range(x, torch.tensor(0.0), torch.tensor(a), 4) - x).square().mean())
                    for a in torch.linspace(1.0, float(x.max()), 200).tolist())
@@ -124,7 +136,7 @@ def test_bit_allocation_lowers_total_mse_of_channels_with_different_scales():
     method = get_clipping("gaus")
 
     def total_mse(bits):
-        lo, hi = method.clip_range(stats, bits, False)
+        lo, hi = method.clip_range(stats, bits, False, IMPROVED)
         return float((fake_quantize_range(channels, lo, hi, bits, axis=0) - channels).square().sum())
 
     allocated = allocation.allocate_bits(stats.std, 4.0)

@@ -33,16 +33,20 @@ def test_seed_flags_without_meaning_are_refused_with_the_reason(run_cli, flag):
     assert f"{flag}: {explanation}" in stderr and "Prec@1" not in stdout
 
 
-def test_kld_and_sba_are_the_seed_names_of_c_kld_and_sk_mean(run_cli, tmp_path):
+def test_kld_is_the_seed_name_of_c_kld_and_sba_averages_image_ranges(run_cli, tmp_path):
     common = ["-ss", "200", "-b", "100", *W4A4, "-ac", "-cs", "200"]
     alias, _ = run_json(run_cli, tmp_path, *common, "-kld")
     explicit, _ = run_json(run_cli, tmp_path, *common, "-c", "kld")
     assert alias["quantization"]["activations"]["clipping"] == "kld"
     assert (alias["top1"], alias["loss"]) == (explicit["top1"], explicit["loss"])
-    averaged, _ = run_json(run_cli, tmp_path, *common, "-c", "laplace", "-sba")
-    default, _ = run_json(run_cli, tmp_path, *common, "-c", "laplace", "-sk", "mean")
-    extremes, _ = run_json(run_cli, tmp_path, *common, "-c", "laplace", "-sk", "max")
-    assert averaged["loss"] == default["loss"] != extremes["loss"]
+    per_tensor = ["-ss", "200", "-b", "100", "--qtype", "int4", "-qw", "int4", "-ac", "-cs", "200"]
+    averaged, _ = run_json(run_cli, tmp_path, *per_tensor, "-sba")
+    batch, _ = run_json(run_cli, tmp_path, *per_tensor)
+    extremes, _ = run_json(run_cli, tmp_path, *per_tensor, "-sk", "max")
+    assert len({averaged["loss"], batch["loss"], extremes["loss"]}) == 3
+    # with one image per calibration batch, each image's range is the batch's
+    single = ["-ss", "200", "-b", "1", "--qtype", "int4", "-qw", "int4", "-ac", "-cs", "8"]
+    assert run_json(run_cli, tmp_path, *single, "-sba")[0]["loss"] == run_json(run_cli, tmp_path, *single)[0]["loss"]
 
 
 def test_precision_sweep_writes_fp32_and_int8_to_int4(run_cli, tmp_path):
@@ -80,8 +84,9 @@ def test_measure_stats_saves_per_layer_statistics_of_the_gemm_inputs(run_cli, tm
 
 
 def test_dump_dir_saves_one_batch_of_plain_tensors_without_changing_the_run(run_cli, tmp_path):
-    dumped, _ = run_json(run_cli, tmp_path, "-ss", "64", "-b", "32", *W4A4, "-me", "-dd", tmp_path / "dump")
-    plain, _ = run_json(run_cli, tmp_path, "-ss", "64", "-b", "32", *W4A4, "-me")
+    at_inputs = [*W4A4, "--act-quant-point", "input"]
+    dumped, _ = run_json(run_cli, tmp_path, "-ss", "64", "-b", "32", *at_inputs, "-me", "-dd", tmp_path / "dump")
+    plain, _ = run_json(run_cli, tmp_path, "-ss", "64", "-b", "32", *at_inputs, "-me")
     assert dumped["avg.entropy.act"] == plain["avg.entropy.act"] and dumped["loss"] == plain["loss"]
     tensors = torch.load(tmp_path / "dump" / "fmnist_resnet20.batch0.pt", weights_only=True)
     assert tensors["images"].shape == (32, 1, 28, 28) and tensors["logits"].shape == (32, 10)

@@ -57,7 +57,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     assert parallel["avg.entropy.act"] == single["avg.entropy.act"]
     assert parallel["avg.huffman.act"] == single["avg.huffman.act"]
     for granularity in ("per_channel", "per_tensor"):
-        file = f"fmnist_resnet20.{granularity}.input.stats.pt"
+        file = f"fmnist_resnet20.{granularity}.output.stats.pt"
         assert checksum(tmp_path / "torchrun" / file) == checksum(tmp_path / "single" / file)
     assert outputs["torchrun"].count(" * Prec@1") == 1
     mlflow.set_tracking_uri(uri)

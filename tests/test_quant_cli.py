@@ -39,7 +39,7 @@ def test_q_off_equals_fp32_through_the_quantization_pipeline(run_cli, tmp_path):
 def test_collect_then_use_statistics_file(run_cli, tmp_path):
     common = ["-a", "fmnist_resnet20", "-b", "250", "-ss", "500", "-sf", tmp_path / "stats", *W4A4_FULL]
     collected, _ = run_json(run_cli, tmp_path, *common, "-sm", "collect", "-cs", "500")
-    path = tmp_path / "stats" / "fmnist_resnet20.per_channel.input.stats.pt"
+    path = tmp_path / "stats" / "fmnist_resnet20.per_channel.output.stats.pt"
     assert collected["statistics_file"] == str(path) and path.is_file()
     assert not collected["calibration_overlaps_eval"] and "train split" in collected["calibration"]
     used, stdout = run_json(run_cli, tmp_path, *common, "-sm", "use")
@@ -64,10 +64,13 @@ def test_entropy_line_and_kmeans_and_bin_allocation(run_cli, tmp_path):
     (["--qtype", "int33"], "bits must be within 1..16"),
     (["--qtype", "float4"], "is not intN or f32"),
     (["--qtype", "int4", "-c", "2xstd"], "unknown clipping method '2xstd'"),
-    (["--qtype", "int4", "-baa"], "ACIQ constant of its own bit width: add -c laplace or -c gaus (not no)"),
-    (["--qtype", "int4", "-pcq_a", "-c", "kld", "-baa"], "add -c laplace or -c gaus (not kld)"),
-    (["--qtype", "int4", "-pcq_a", "-baa"], "ACIQ constant of its own bit width: add -c laplace or -c gaus (not no)"),
-    (["-qw", "int4", "-pcq_w", "-baw"], "ACIQ constant of its own bit width: add -c laplace or -c gaus (not no)"),
+    (["--qtype", "int4", "-c", "2std", "-baa"], "use -c no, laplace or gaus (not 2std)"),
+    (["--qtype", "int4", "-pcq_a", "-c", "kld", "-baa"], "use -c no, laplace or gaus (not kld)"),
+    (["-qw", "int4", "--weight-clipping", "mse", "-baw"], "use -c no, laplace or gaus (not mse)"),
+    (["-qw", "int4", "--weight-clipping", "2xstd"], "unknown clipping method '2xstd'"),
+    (["--qtype", "int4", "-bca"], "-bca (the seed's online correction) needs offline statistics"),
+    (["--qtype", "int4", "-bca", "-sm", "collect", "--act-quant-point", "input"],
+     "-bca (the seed's online correction) corrects Conv outputs"),
     (["--qtype", "int4", "-pcq_a", "-baa", "-mtq"], "-mtq (bin allocation) needs a fractional target"),
     (["--qtype", "int4", "-pcq_a", "-bata", "5.3"], "-bata sets the target of activation bit allocation: add -baa"),
     (["--qtype", "int4", "-bata", "-1"], "must be a positive number"),
@@ -75,10 +78,9 @@ def test_entropy_line_and_kmeans_and_bin_allocation(run_cli, tmp_path):
     (["--qtype", "int4", "-sm", "use", "-sf", "/nonexistent"], "-sm use: no statistics file"),
     (["-sm", "collect"], "-sm collect concerns activation statistics: add --qtype intN"),
     (["-qw", "kmeans4", "-baw"], "-baw needs integer weights"),
-    (["-qw", "int4", "-baw"], "ACIQ constant of its own bit width: add -c laplace or -c gaus (not no)"),
     (["--qtype", "int4", "-kld", "-c", "laplace"], "-kld means -c kld and contradicts -c laplace"),
-    (["--qtype", "int4", "-sba", "-sm", "collect", "-sk", "max"], "-sba averages statistics over batches and -sk max"),
-    (["--qtype", "int4", "-sba"], "-sba concerns statistics over calibration batches: add -sm collect, -sm use or -ac"),
+    (["--qtype", "int4", "-sba", "-sm", "use"], "-sba sets how statistics are collected: add -sm collect or -ac"),
+    (["--qtype", "int4", "-sba"], "-sba sets how statistics are collected: add -sm collect or -ac"),
     (["-mf", "/tmp"], "-mf names the folder of -ms: add -ms"),
     (["-dd", "/etc/passwd"], "-dd /etc/passwd: is a file, not a folder"),
     (["-ms", "-mf", "/etc/passwd"], "-mf /etc/passwd: is a file, not a folder"),
@@ -87,7 +89,7 @@ def test_entropy_line_and_kmeans_and_bin_allocation(run_cli, tmp_path):
     (["-ep", "--compare-fp32"], "-ep already evaluates FP32"),
     (["-ep", "-dd", "/tmp"], "-ep runs six precisions and -dd describes one run"),
     (["-ep", "-ms"], "-ep runs six precisions and -ms describes one run"),
-    (["-ep", "-baa"], "add -c laplace or -c gaus (not no)"),
+    (["-ep", "-baa", "-c", "pct"], "use -c no, laplace or gaus (not pct)"),
     (["--device_ids", "0"], "--device_ids: CUDA is not available on this machine"),
     (["--device_ids", "0", "--device", "cpu"], "--device_ids selects CUDA devices and contradicts --device cpu"),
 ])

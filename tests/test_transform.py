@@ -8,6 +8,7 @@ from torch import nn
 
 from inference.models import create_model
 from pytorch_quantizer.config import ActQuantPoint, QuantConfig, StatsKind, TensorQuantSpec
+from pytorch_quantizer.departures import Departures
 from pytorch_quantizer.errors import InputError
 from pytorch_quantizer.stats_io import StatisticsFile, load_statistics, save_statistics
 from pytorch_quantizer import stats_io, transform
@@ -71,7 +72,7 @@ def test_weights_are_quantized_once_and_hooks_are_removed_on_exit(model, batch, 
             for _ in range(3):
                 quantized.model(batch)
         assert torch.equal(weight_after_entry, quantized.model.layer1[0].conv1.weight)
-        hooked = [name for name, module in quantized.model.named_modules() if module._forward_pre_hooks]
+        hooked = [name for name, module in quantized.model.named_modules() if module._forward_hooks]
         assert "layer1.0.conv1" in hooked and "conv1" in hooked
     assert len(calls) == len(set(calls)) == 22
     assert not any(module._forward_pre_hooks or module._forward_hooks for module in quantized.model.modules())
@@ -93,7 +94,7 @@ def test_output_point_fuses_relu_as_half_range(model, batch):
 @pytest.mark.parametrize("point", [ActQuantPoint.INPUT, ActQuantPoint.OUTPUT])
 @pytest.mark.parametrize("clipping", ["laplace", "mse"])
 def test_collected_statistics_reproduce_on_the_fly_quantization(model, batch, tmp_path, point, clipping):
-    config = QuantConfig(**{**W4A4, "act_quant_point": point,
+    config = QuantConfig(**{**W4A4, "act_quant_point": point, "departures": Departures(calibrate_quantized=True),
                             "activations": TensorQuantSpec(4, True, clipping, bit_allocation=clipping == "laplace")})
     with torch.inference_mode(), transform.QuantizedModel(model, config, batch[:2]) as quantized:
         on_the_fly = quantized.model(batch)
