@@ -17,20 +17,32 @@ GEMM_LAYERS = (nn.Conv2d, nn.Linear)
 class ModelGraph:
     bn_after_conv: dict[str, str]       # batch norm name -> conv name
     activation_after: dict[str, type]   # conv name -> ReLU or ReLU6 class applied to its (BN-folded) output
+    input_shapes: dict[str, tuple[int, ...]]    # Conv/Linear name -> shape of its input
+    output_shapes: dict[str, tuple[int, ...]]   # Conv/Linear name -> shape of its output
+
+
+def has_spatial_extent(shape: tuple[int, ...]) -> bool:
+    """A feature map with more than one position (N, C, H, W with H > 1 or W > 1)."""
+    return len(shape) > 3 and (shape[2] > 1 or shape[3] > 1)
 
 
 @torch.no_grad()
 def trace_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
-    """Run ``model`` once on ``example_input`` and record conv -> BN and conv(/BN) -> ReLU edges."""
+    """Run ``model`` once on ``example_input`` and record conv -> BN and conv(/BN) -> ReLU edges and
+    the input and output shapes of every Conv/Linear layer."""
     producers: dict[int, str] = {}   # id of an output tensor -> conv that (with its BN) produced it
     alive: list[torch.Tensor] = []   # keeps recorded tensors alive so that their ids are not reused
     bn_after_conv: dict[str, str] = {}
     activation_after: dict[str, type] = {}
+    input_shapes: dict[str, tuple[int, ...]] = {}
+    output_shapes: dict[str, tuple[int, ...]] = {}
 
     def conv_output(name):
         def hook(module, args, output):
             producers[id(output)] = name
             alive.append(output)
+            input_shapes.setdefault(name, tuple(args[0].shape))
+            output_shapes.setdefault(name, tuple(output.shape))
         return hook
 
     def bn_input(name):
@@ -67,7 +79,7 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return ModelGraph(bn_after_conv, activation_after)
+    return ModelGraph(bn_after_conv, activation_after, input_shapes, output_shapes)
 
 
 def set_submodule(model: nn.Module, name: str, replacement: nn.Module) -> None:

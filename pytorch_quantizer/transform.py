@@ -27,7 +27,7 @@ from pytorch_quantizer.bias_correction import correct_positive_outputs, correct_
 from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec, WeightKind
 from pytorch_quantizer.entropy import huffman_bits_per_symbol, shannon_entropy, weighted_average
 from pytorch_quantizer.errors import InputError
-from pytorch_quantizer.graph import GEMM_LAYERS, fold_batch_norms, trace_graph
+from pytorch_quantizer.graph import GEMM_LAYERS, ModelGraph, fold_batch_norms, has_spatial_extent, trace_graph
 from pytorch_quantizer.kmeans import kmeans_quantize
 from pytorch_quantizer.observers import ObservedLayer, StatsAccumulator, observe, observing
 from pytorch_quantizer.quantizer import QuantPlan, apply_plan, plan_quantization, quantize_tensor
@@ -45,6 +45,7 @@ class LayerPlan:
     weight: TensorQuantSpec | None
     fused_activation: type | None = None
     kept_8bit: bool = False
+    per_tensor_only: bool = False   # kept at 8 bits, or an activation without spatial extent
 
 
 @dataclass
@@ -117,8 +118,19 @@ def kept_at(spec: TensorQuantSpec | None, bits: int, min_max_per_tensor: bool = 
     return replace(spec, per_channel=False, clipping="no") if min_max_per_tensor else spec
 
 
-def plan_layers(model: nn.Module, config: QuantConfig, fused: dict[str, type]) -> dict[str, LayerPlan]:
-    """One plan per Conv2d/Linear: float where ``keep_fp`` matches, 8 bits where ``keep_8bit`` does."""
+def per_tensor(spec: TensorQuantSpec | None) -> TensorQuantSpec | None:
+    """``spec`` per tensor (allocation, which is per channel, dropped)."""
+    if spec is None or not spec.per_channel:
+        return spec
+    return replace(spec, per_channel=False, bit_allocation=False, bin_allocation=False, allocation_target=None)
+
+
+def plan_layers(model: nn.Module, config: QuantConfig, graph: ModelGraph) -> dict[str, LayerPlan]:
+    """One plan per Conv2d/Linear: float where ``keep_fp`` matches, 8 bits where ``keep_8bit`` does.
+    Activations without spatial extent (Linear, 1x1 feature maps) are quantized per tensor even when
+    activations are per channel, as the seed does."""
+    at_output = config.act_quant_point == ActQuantPoint.OUTPUT
+    shapes = graph.output_shapes if at_output else graph.input_shapes
     plans = {}
     for name, module in model.named_modules():
         if not isinstance(module, GEMM_LAYERS):
@@ -129,8 +141,11 @@ def plan_layers(model: nn.Module, config: QuantConfig, fused: dict[str, type]) -
             activation = weight = None
         elif kept:
             activation, weight = kept_at(activation, 8, min_max_per_tensor=True), kept_at(weight, 8)
-        fused_activation = fused.get(name) if config.act_quant_point == ActQuantPoint.OUTPUT else None
-        plans[name] = LayerPlan(name, type(module).__name__, activation, weight, fused_activation, kept)
+        flat = not has_spatial_extent(shapes.get(name, ()))
+        if flat:
+            activation = per_tensor(activation)
+        fused_activation = graph.activation_after.get(name) if at_output else None
+        plans[name] = LayerPlan(name, type(module).__name__, activation, weight, fused_activation, kept, kept or flat)
     return plans
 
 
@@ -161,7 +176,7 @@ class QuantizedModel:
         self.model.eval()
         graph = trace_graph(self.model, self.example_input)
         fold_batch_norms(self.model, graph.bn_after_conv)
-        self.plans = plan_layers(self.model, self.config, graph.activation_after)
+        self.plans = plan_layers(self.model, self.config, graph)
         for name, plan in self.plans.items():
             module = self.model.get_submodule(name)
             bias = module.bias.detach().clone() if module.bias is not None else None
@@ -225,7 +240,7 @@ class QuantizedModel:
                         ) -> dict[str, ObservedLayer]:
         """What statistics collection must observe for this plan (per layer axis, clipping, bits);
         ``per_channel`` overrides the plan's granularity (a statistics file of the other kind) except
-        at layers kept at 8 bits, which are per tensor in both;
+        at layers kept at 8 bits or without spatial extent, which are per tensor in both;
         ``image_averaged_range``: min / max averaged over each batch's images (the seed's -sba),
         except at layers kept at 8 bits (the seed's classifier takes the batch's)."""
         layers = {name: observed_layer(plan.activation, ACTIVATION_AXIS, image_averaged_range and not plan.kept_8bit)
@@ -233,8 +248,8 @@ class QuantizedModel:
         if per_channel is None:
             return layers
         axis = ACTIVATION_AXIS if per_channel else None
-        kept = self.kept_layers()
-        return {name: layer if name in kept else replace(layer, axis=axis) for name, layer in layers.items()}
+        fixed = {name for name, plan in self.plans.items() if plan.per_tensor_only}
+        return {name: layer if name in fixed else replace(layer, axis=axis) for name, layer in layers.items()}
 
     def kept_layers(self) -> set[str]:
         """Layers whose activations are kept at 8 bits over their min / max."""

@@ -1,0 +1,47 @@
+"""Shared by the analysis scripts: run CLI argument lists in this process and keep one row of figures
+per run (top-1 / top-5, agreement and KL against FP32 when --compare-fp32 is among the flags,
+average entropy with -me)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+DEVELOPMENT_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
+
+
+def figures(result: dict) -> dict:
+    """The figures of one ``inference_sim.run`` result that the tables report."""
+    row = {"top1": result["top1"], "top5": result["top5"], "images": result["images"],
+           "agreement": result.get("top1_agreement", float("nan")), "kl": result.get("mean_kl", float("nan"))}
+    if "avg.entropy.act" in result:
+        row["entropy_act"] = result["avg.entropy.act"]
+    if "avg.entropy.weight" in result:
+        row["entropy_weight"] = result["avg.entropy.weight"]
+    return row
+
+
+def run_commands(commands: dict[str, list[str]], description: str) -> list[dict]:
+    """{label: CLI arguments} -> one row per label ({"recipe": label, "flags": ..., figures}), in order,
+    with a progress bar over the runs."""
+    from tqdm import tqdm
+
+    from inference.inference_sim import build_parser, run
+
+    rows = []
+    for label, argv in tqdm(commands.items(), desc=description, unit="run"):
+        result = run(build_parser().parse_args([str(arg) for arg in argv]))
+        rows.append({"recipe": label, "flags": " ".join(str(arg) for arg in argv), **figures(result)})
+    return rows
+
+
+def model_data_flags(arch: str, stats_folder: str) -> list[str]:
+    """Data flags of the tables: the development photos with 100 held out for calibration for
+    ImageNet models, the Fashion-MNIST test set (calibration: its training images) otherwise."""
+    common = ["-a", arch, "-p", "0", "-sf", stats_folder]
+    if arch.startswith("fmnist"):
+        return [*common, "-b", "500"]
+    return [*common, "--data", DEVELOPMENT_PHOTOS, "--calib-holdout", "100", "-b", "64"]
