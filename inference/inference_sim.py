@@ -402,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         if not process.is_main:
             logging.getLogger().setLevel(logging.ERROR)
         validated = validate_sweep(args) if args.ep else validate(args)
+        from inference.quant_flags import no_op_warnings
+
+        for warning in no_op_warnings(args):
+            logging.getLogger(__name__).warning(warning)
         device = resolve_device(args.device, args.device_ids, process)
         data = prepare_run_data(args, get_model_spec(args.arch))
         with process_group(process, device), tracked_run(args, process) as mlflow:

@@ -68,10 +68,11 @@ def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> Non
     group.add_argument("--weight-clipping", default="no",
                        help="clipping of weights, the same choices (default: no, min / max, as the seed)")
     group.add_argument("-baa", "--bit-alloc-act", dest="baa", action="store_true",
-                       help="per-channel bit allocation of activations (implies -pcq_a; with -c no, laplace or gaus)")
-    group.add_argument("-baw", "--bit-alloc-weight", dest="baw", action="store_true",
-                       help="per-channel bit allocation of weights (implies -pcq_w; with --weight-clipping no, laplace "
+                       help="per-channel bit allocation of activations (with -pcq_a, at 4 bits or fewer; -c no, laplace "
                             "or gaus)")
+    group.add_argument("-baw", "--bit-alloc-weight", dest="baw", action="store_true",
+                       help="per-channel bit allocation of weights (with -pcq_w, at 4 bits or fewer; --weight-clipping "
+                            "no, laplace or gaus)")
     group.add_argument("-bam", "--bit-alloc-rmode", dest="bam", choices=("round", "ceil"), default="round",
                        help="rounding of allocated bits (default: round)")
     group.add_argument("-bap", "--bit-alloc-prior", dest="bap", choices=("gaus", "laplace"), default="gaus",
@@ -182,13 +183,15 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
         raise UserError(problems[0])
     clipping = "kld" if args.kld else args.clipping
     try:
-        # allocation is per channel by nature: -baa / -baw imply per-channel quantization of their tensors
+        # as in the seed, allocation happens only where the tensor is per channel (no_op_warnings says so)
         activations = None if activation_bits is None else TensorQuantSpec(
-            activation_bits[1], args.pcq_a or args.baa, clipping, bit_allocation=args.baa,
-            allocation_target=args.bata, bin_allocation=args.mtq and args.bata is not None)
+            activation_bits[1], args.pcq_a, clipping, bit_allocation=args.baa and args.pcq_a,
+            allocation_target=args.bata if args.pcq_a else None,
+            bin_allocation=args.mtq and args.bata is not None and args.pcq_a)
         weights = None if weight_bits is None else TensorQuantSpec(
-            weight_bits[1], args.pcq_w or args.baw, args.weight_clipping, bit_allocation=args.baw,
-            allocation_target=args.batw, bin_allocation=args.mtq and args.batw is not None, kind=weight_bits[0])
+            weight_bits[1], args.pcq_w, args.weight_clipping, bit_allocation=args.baw and args.pcq_w,
+            allocation_target=args.batw if args.pcq_w else None,
+            bin_allocation=args.mtq and args.batw is not None and args.pcq_w, kind=weight_bits[0])
         config = QuantConfig(
             activations=activations, weights=weights, prior=Prior(args.bap), rounding=BitRounding(args.bam),
             preserve_zero=args.pz, stochastic=args.stochastic, power_of_two_scale=args.hs,
@@ -199,6 +202,24 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
     except ValueError as error:
         raise UserError(str(error)) from None
     return config if config.enabled else None
+
+
+def no_op_warnings(args: argparse.Namespace) -> list[str]:
+    """Seed flags that, as in the seed's code, change nothing in this run: one sentence each."""
+    from pytorch_quantizer.config import BIT_ALLOCATION_MAX_BITS
+
+    warnings = []
+    for flag, per_channel, granularity, bits in (("-baa", args.pcq_a, "-pcq_a", args.qtype),
+                                                 ("-baw", args.pcq_w, "-pcq_w", args.qweight or "int8")):
+        if not getattr(args, flag[1:]) or args.q_off or bits in (None, "f32"):
+            continue
+        if not per_channel:
+            warnings.append(f"{flag} allocates bits per channel only with {granularity} (as in the seed); "
+                            f"without it this tensor is quantized per tensor and {flag} does nothing")
+        elif bits.startswith("int") and bits[3:].isdigit() and int(bits[3:]) > BIT_ALLOCATION_MAX_BITS:
+            warnings.append(f"{flag} applies at {BIT_ALLOCATION_MAX_BITS} bits or fewer (as in the seed); "
+                            f"at {bits} it does nothing")
+    return warnings
 
 
 def statistics_path(args: argparse.Namespace, per_channel: bool) -> Path:

@@ -144,9 +144,10 @@ def test_seed_long_flag_names_are_translated():
     assert translate_seed_long_names(["--not_a_flag", "--data=/x_y"], known) == ["--not_a_flag", "--data=/x_y"]
 
 
-def test_seed_command_runs_end_to_end_on_resnet50_architecture(run_cli, tmp_path):
-    """The seed's exact flags (no -pcq_a: bit allocation implies per-channel tensors) on ResNet-50 with random
-    weights standing in for the ImageNet ones, on the 20 embedded photos."""
+def test_seed_command_runs_end_to_end_on_resnet50_architecture(run_cli, tmp_path, caplog):
+    """The seed's exact flags on ResNet-50 with random weights standing in for the ImageNet ones, on the
+    20 embedded photos. As in the seed's code, without -pcq_a / -pcq_w the tensors are per tensor and
+    -baa / -baw allocate nothing (8-bit weights are never allocated either): each says so on stderr."""
     out = tmp_path / "seed.json"
     code, stdout, stderr = run_cli("-a", "resnet50", "--qtype", "int4", "-c", "laplace", "-baa", "-baw", "-bcw",
                                    "--random-init", "-p", "0", "--results-json", out)
@@ -154,5 +155,11 @@ def test_seed_command_runs_end_to_end_on_resnet50_architecture(run_cli, tmp_path
     result = json.loads(out.read_text())
     assert result["images"] == 20 and " * Prec@1" in stdout
     activations, weights = result["quantization"]["activations"], result["quantization"]["weights"]
-    assert activations["per_channel"] and activations["bit_allocation"] and activations["bits"] == 4
-    assert weights["per_channel"] and weights["bits"] == 8 and result["quantization"]["bias_correct_weights"]
+    assert not activations["per_channel"] and not activations["bit_allocation"] and activations["bits"] == 4
+    assert activations["clipping"] == "laplace" and weights["clipping"] == "no"
+    assert not weights["per_channel"] and weights["bits"] == 8 and result["quantization"]["bias_correct_weights"]
+    assert "-baa allocates bits per channel only with -pcq_a (as in the seed)" in caplog.text
+    assert "-baw allocates bits per channel only with -pcq_w (as in the seed)" in caplog.text
+    caplog.clear()
+    code, _, _ = run_cli("-a", "fmnist_resnet20", "-ss", "10", "-p", "0", "-pcq_w", "-qw", "int8", "-baw")
+    assert code == 0 and "-baw applies at 4 bits or fewer (as in the seed); at int8 it does nothing" in caplog.text
