@@ -70,11 +70,13 @@ class QuantPlan:
 
 
 def plan_quantization(stats: TensorStats, spec: TensorQuantSpec, config: QuantConfig, non_negative: bool,
-                      weights: bool = False) -> QuantPlan:
+                      weights: bool = False, ceiling: float | None = None) -> QuantPlan:
     """Clipping, bit or bin allocation and grid parameters from statistics (per channel or per tensor).
 
     ``non_negative``: the range starts at 0 (a fused ReLU, the seed's half range, or a tensor known
-    to be >= 0); ``weights``: the tensor is a weight (allocation by sigma whatever the prior)."""
+    to be >= 0); ``weights``: the tensor is a weight (allocation by sigma whatever the prior);
+    ``ceiling``: the range ends there at the latest (6 for a fused ReLU6: levels above it would
+    never be used)."""
     departures = config.departures
     allocate = spec.bits <= BIT_ALLOCATION_MAX_BITS and (spec.bit_allocation or spec.bin_allocation)
     if allocate and spec.bin_allocation:
@@ -97,6 +99,8 @@ def plan_quantization(stats: TensorStats, spec: TensorQuantSpec, config: QuantCo
     seed_gaussian = spec.clipping == "gaus" and not departures.exact_aciq
     clip_bits = torch.full_like(bits, float(spec.bits)) if seed_gaussian else bits
     lo, hi = get_clipping(spec.clipping).clip_range(stats, clip_bits, non_negative, departures)
+    if ceiling is not None:
+        hi = torch.clamp(hi, max=ceiling)
     grid = primitives.gemmlowp_params if departures.range_within_data else primitives.seed_gemmlowp_params
     scale, zero_point, qmax = grid(lo, hi, bits, config.power_of_two_scale)
     scale, zero_point = zero_bit_channels(scale, zero_point, qmax, lo, departures.zero_bit_zero)

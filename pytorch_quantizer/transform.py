@@ -35,6 +35,7 @@ from pytorch_quantizer.stats import TensorStats
 
 CODE_OFFSET = 1 << 16  # codes lie in [-2^16, 2^16): GEMMLOWP ones up to 2^16 - 1, mid-tread ones signed
 ACTIVATION_AXIS = 1
+RELU6_CEILING = 6.0
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,11 @@ class QuantizedModel:
         statistics show no negative value."""
         return self.plans[name].fused_activation is not None if self.at_output else stats.non_negative
 
+    def ceiling(self, name: str) -> float | None:
+        """A fused ReLU6 is fused whole: the range ends at 6 (the seed's models have only ReLU, whose
+        fusion is the range starting at 0)."""
+        return RELU6_CEILING if self.plans[name].fused_activation is nn.ReLU6 else None
+
     def image_averaged_online(self, name: str) -> bool:
         """The seed's per-batch range of a per-tensor activation without clipping: each image's
         min / max averaged over the batch (not at the 8-bit classifier; the departure ``batch_range``
@@ -298,11 +304,13 @@ class QuantizedModel:
             # fixed statistics give fixed ranges and bits: plan once per layer, not per batch
             if name not in self._fixed_plans:
                 stats = self.activation_stats[name]
-                self._fixed_plans[name] = plan_quantization(stats, spec, self.config, self.starts_at_zero(name, stats))
+                self._fixed_plans[name] = plan_quantization(stats, spec, self.config, self.starts_at_zero(name, stats),
+                                                            ceiling=self.ceiling(name))
             plan = self._fixed_plans[name]
         else:
             stats = observe(x, observed_layer(spec, ACTIVATION_AXIS, self.image_averaged_online(name)))
-            plan = plan_quantization(stats, spec, self.config, self.starts_at_zero(name, stats))
+            plan = plan_quantization(stats, spec, self.config, self.starts_at_zero(name, stats),
+                                     ceiling=self.ceiling(name))
         outcome = apply_plan(x, plan, ACTIVATION_AXIS, seed=self.rounding_seed(), want_codes=self.config.measure_entropy)
         measures = self.activation_measures[name]
         measures.elements += x.numel()

@@ -91,6 +91,28 @@ def test_output_point_fuses_relu_as_half_range(model, batch):
         assert float(outputs["conv1"].min()) == 0.0 and len(torch.unique(outputs["conv1"])) <= 16
 
 
+def test_output_point_fuses_relu6_whole_with_its_ceiling(batch):
+    """A conv followed by ReLU6 is quantized over [0, min(max, 6)]: no level above 6, where the
+    ReLU6 would clip, while the pre-activation output reaches far beyond it."""
+    torch.manual_seed(0)
+    net = create_model("fmnist_mobilenet", random_init=True).eval()
+    config = QuantConfig(activations=TensorQuantSpec(4, False, "no"))
+    with transform.QuantizedModel(net, config, batch[:2]) as quantized:
+        relu6 = [name for name, plan in quantized.plans.items() if plan.fused_activation is nn.ReLU6]
+        module = quantized.model.get_submodule(relu6[0])
+        outputs = {}
+        handles = [module.register_forward_hook(lambda m, a, out: outputs.setdefault("raw", out), prepend=True),
+                   module.register_forward_hook(lambda m, a, out: outputs.setdefault("quantized", out))]
+        with torch.inference_mode():
+            quantized.model(batch * 20)
+        for handle in handles:
+            handle.remove()
+    levels = torch.unique(outputs["quantized"])
+    assert relu6 and float(outputs["raw"].max()) > 6
+    assert float(levels.min()) == 0.0 and float(levels.max()) <= 6.0 and len(levels) <= 16
+    step = float(levels[1] - levels[0])
+    assert abs(step - 6.0 / 15) < 1e-5  # the whole grid spans [0, 6]
+
 @pytest.mark.parametrize("point", [ActQuantPoint.INPUT, ActQuantPoint.OUTPUT])
 @pytest.mark.parametrize("clipping", ["laplace", "mse"])
 def test_collected_statistics_reproduce_on_the_fly_quantization(model, batch, tmp_path, point, clipping):
