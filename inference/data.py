@@ -40,6 +40,7 @@ class LoaderOptions:
     shuffle: bool = False
     seed: int = 0
     process: ProcessInfo = field(default_factory=ProcessInfo)
+    skip_bad_images: bool = False
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "of classes; or all classes, labelled in sorted order) and optionally train/ for "
                              "calibration; Fashion-MNIST: folder with the idx files. Default: the 20 ImageNet photos "
                              "shipped in foolbox, or /usr/share/datasets/fashion-mnist")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="skip image files that cannot be decoded (counted in the results and a warning) "
+                             "instead of stopping at the first one")
     parser.add_argument("--calib-data", type=Path, default=None, metavar="DIR",
                         help="calibration images (-sm collect, -ac, -bca): every image file under DIR, searched "
                              "recursively, labels ignored; never the evaluated folder (ImageNet models)")
@@ -244,7 +247,8 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None, dat
     backend.set_backend(args.backend)
     device = device or resolve_device(args.device, args.device_ids, process)
     torch.manual_seed(args.seed)
-    options = LoaderOptions(args.batch_size, args.workers, args.subset, args.shuffle, args.seed, process)
+    options = LoaderOptions(args.batch_size, args.workers, args.subset, args.shuffle, args.seed, process,
+                            args.skip_bad_images)
     data = data or prepare_run_data(args, spec)
     loader = make_loader(data.evaluation, options)
     model = create_model(args.arch, args.weights, args.random_init).to(device)

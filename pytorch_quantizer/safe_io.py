@@ -28,20 +28,52 @@ def safe_torch_load(path: Path, fix: str):
         if unsafe:
             detail = unsafe[0].removeprefix("WeightsUnpickler error:").strip().split(" was not", 1)[0]
             raise InputError(f"{path} would execute pickled code ({detail[:120]}); refusing to load it; {fix}") from None
-        raise InputError(f"{path} is corrupt or not a torch.save file; {fix}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else "file is empty or truncated"
-        raise InputError(f"{path} is corrupt or truncated ({reason}); {fix}") from None
+        raise InputError(f"{path} is corrupt, truncated or not a torch.save file; {fix}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, not a file; {fix}") from None
+    except PermissionError:
+        raise InputError(f"{path} cannot be read (permission denied); {fix}") from None
+    except Exception as error:  # noqa: BLE001 - whatever torch.load trips over, the cause is the file's content
+        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path} is corrupt, truncated or not a torch.save file ({reason}); {fix}") from None
+
+
+def temporary_prefix(path: Path, pid: int) -> str:
+    return f".{path.name}.{pid}."
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files that a writer of ``path`` left behind when it was killed (its process
+    id, in the file name, no longer runs); files of live writers are left alone."""
+    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
+        pid_text = candidate.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            candidate.unlink(missing_ok=True)
+        except PermissionError:  # another user's live process
+            continue
 
 
 def write_atomically(path: Path, write: Callable[[str], None]) -> None:
     """``write(temporary_path)`` into a temporary file beside ``path``, then rename it over ``path``:
-    a reader never sees half a file and an interrupted write leaves the previous file intact."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    a reader never sees half a file and an interrupted write leaves the previous file intact.
+    Temporaries of killed earlier writers are removed first; a full or read-only location is an
+    InputError naming the file."""
+    try:
+        remove_stale_temporaries(path)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path, os.getpid()), suffix=".tmp")
+        os.close(handle)
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error.strerror or error}; choose a writable folder") from None
     try:
         write(temporary)
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {error.strerror or error}; free space or choose another location") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -83,9 +83,9 @@ class Exploit:
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"", "corrupt or truncated"),
-    (b"not a checkpoint at all", "corrupt or not a torch.save file"),
-    ("truncated", "corrupt or truncated"),
+    (b"", "corrupt, truncated"),
+    (b"not a checkpoint at all", "corrupt, truncated or not a torch.save file"),
+    ("truncated", "corrupt, truncated"),
     ("exploit", "would execute pickled code"),
     ("other-arch", "does not fit resnet18"),
     ("not-tensors", "does not hold a state dict of tensors"),
