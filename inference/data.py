@@ -14,7 +14,7 @@ evaluated images themselves, which ``CalibrationSet.overlaps_eval`` records and 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -100,8 +100,7 @@ class RunData:
     def calibration_loader(self, options: LoaderOptions) -> CalibrationData:
         """``choice.images`` images drawn (seeded by ``options.seed``) from the calibration set."""
         chosen = self.calibration_set()
-        shuffled = LoaderOptions(options.batch_size, options.workers, self.choice.images, True, options.seed,
-                                 options.process)
+        shuffled = replace(options, subset=self.choice.images, shuffle=True)
         images = min(self.choice.images, len(chosen.dataset))
         return CalibrationData(make_loader(chosen.dataset, shuffled), chosen.source, chosen.overlaps_eval, images)
 
@@ -207,7 +206,8 @@ def make_loader(dataset: Dataset, options: LoaderOptions) -> DataLoader | Thread
     cut into batches; under torchrun this process's share of whole batches (``ProcessInfo.shard``).
 
     In-memory datasets are indexed a batch at a time; file datasets decode in ``options.workers``
-    threads (``ThreadedImageBatches``).
+    threads (``ThreadedImageBatches``), which with ``options.skip_bad_images`` leave undecodable files
+    out and list them in ``loader.skipped``.
     """
     generator = torch.Generator().manual_seed(options.seed)
     if options.shuffle:
@@ -220,7 +220,7 @@ def make_loader(dataset: Dataset, options: LoaderOptions) -> DataLoader | Thread
                                      for start in range(0, len(order), options.batch_size)])
     if isinstance(dataset, fashion_mnist.InMemoryImages):
         return DataLoader(dataset, sampler=batches, batch_size=None)
-    return ThreadedImageBatches(dataset, batches, options.workers)
+    return ThreadedImageBatches(dataset, batches, options.workers, options.skip_bad_images)
 
 
 def evaluation_loader(spec: ModelSpec, data_dir: Path | None, options: LoaderOptions) -> DataLoader | ThreadedImageBatches:

@@ -106,7 +106,8 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, print_freq: i
         reference.eval()
     accuracy = AccuracyCounter()
     fidelity = FidelityCounter() if reference is not None else None
-    bar = tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, pipes, the one error line)
+    bar = tqdm(loader, desc="eval", unit="batch", disable=None if progress else True, leave=False)
     for index, (inputs, labels) in enumerate(bar):
         inputs = inputs.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import io
+import logging
 import re
 from pathlib import Path
 
@@ -24,6 +26,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 WNID_LIST = REPO_ROOT / "inference" / "imagenet_wnids.txt"
 WNID_PATTERN = re.compile(r"n\d{8}")
 UNLABELLED = -1
+LOG = logging.getLogger(__name__)
 
 
 def image_transform(preprocessing: Preprocessing):
@@ -54,13 +57,51 @@ class LabelledImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
-        with Image.open(self.files[index]) as image:
-            return self.transform(image.convert("RGB")), self.labels[index]
+        return self.transform(decode_rgb(self.files[index])), self.labels[index]
 
     def subset(self, indices: list[int]) -> "LabelledImageFiles":
         return LabelledImageFiles([self.files[i] for i in indices], [self.labels[i] for i in indices], self.transform)
+
+
+class BadImageFile(UserError):
+    """An image file that cannot be read or decoded; ``path`` names it (``--skip-bad-images`` drops it)."""
+
+    def __init__(self, path: Path, problem: str, fix: str):
+        super().__init__(f"image file {path} {problem}; {fix}, or pass --skip-bad-images to skip such files")
+        self.path = path
+
+
+def decode_rgb(path: Path):
+    """The image of ``path`` fully decoded to RGB (PIL decodes lazily, so ``convert`` is inside the guard).
+
+    A file that cannot be read, is empty, is no image PIL knows, is truncated or has a broken header
+    raises ``BadImageFile``: PIL reports these as ``UnidentifiedImageError`` / ``OSError`` ("image
+    file is truncated"), ``ValueError`` / ``SyntaxError`` / ``EOFError`` from its format plugins, and
+    ``DecompressionBombError`` for absurd pixel counts.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadImageFile(path, f"cannot be read ({error.strerror or error})",
+                           "make it readable or remove it") from None
+    if not data:
+        raise BadImageFile(path, "cannot be decoded as an image (empty file, 0 bytes)", "remove or replace it")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+    except UnidentifiedImageError:
+        reason = "not an image format PIL recognises"
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        reason = one_line(error)
+    raise BadImageFile(path, f"cannot be decoded as an image ({reason})", "remove or replace it")
+
+
+def one_line(error: BaseException, limit: int = 120) -> str:
+    """The first line of ``error``'s message (its type when empty), at most ``limit`` characters."""
+    text = (str(error).splitlines() or [""])[0].strip() or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def is_image_file(path: Path) -> bool:
@@ -107,6 +148,12 @@ def class_folder_images(root: Path, num_classes: int, transform) -> LabelledImag
     images = {folder.name: sorted(path for path in folder.rglob("*") if is_image_file(path)) for folder in folders}
     if not any(images.values()):
         raise UserError(f"folder {root} holds no images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) in its class subfolders")
+    empty = [name for name, paths in images.items() if not paths]
+    if empty:
+        more = f" (and {len(empty) - 1} more class folders)" if len(empty) > 1 else ""
+        removable = " or remove the folder" if all(WNID_PATTERN.fullmatch(name) for name in images) else ""
+        LOG.warning("class folder %s holds no images%s, so its class is left out; add its images%s",
+                    root / empty[0], more, removable)
     labels = class_labels(root, list(images), num_classes)
     files = [path for name in images for path in images[name]]
     return LabelledImageFiles(files, [labels[name] for name in images for _ in images[name]], transform)

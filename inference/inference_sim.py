@@ -18,11 +18,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.errors import UserError  # noqa: E402
-from pytorch_quantizer.errors import InputError  # noqa: E402
 from inference.models import get_model_spec, list_models  # noqa: E402
 from inference.quant_flags import add_quantization_flags  # noqa: E402
 from inference.seed_compat import add_rejected_seed_flags, translate_seed_long_names  # noqa: E402
+from inference.validation import calibration_choice, calibrates, resolve_device, validate  # noqa: E402
 
 DEFAULT_ARCH = "efficientnet_lite0"
 
@@ -116,98 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(requested: str | None, device_ids: list[int] | None = None, process=None):
-    """The device of this process: --device, or cuda:ID[local rank] with --device_ids, or cuda:local rank
-    under torchrun when CUDA exists, else cpu."""
-    import torch
-
-    from inference.distributed import ProcessInfo
-
-    process = process or ProcessInfo()
-    if device_ids is not None:
-        if requested not in (None, "cuda"):
-            raise UserError(f"--device_ids selects CUDA devices and contradicts --device {requested}; pass one of them")
-        if not torch.cuda.is_available():
-            raise UserError("--device_ids: CUDA is not available on this machine; drop it (runs on cpu)")
-        if len(device_ids) > 1 and not process.distributed:
-            raise UserError(f"--device_ids {' '.join(map(str, device_ids))}: one process uses one GPU; start "
-                            f"torchrun --nproc_per_node={len(device_ids)} for several")
-        if process.local_rank >= len(device_ids):
-            raise UserError(f"--device_ids lists {len(device_ids)} devices for {process.world_size} processes per node; "
-                            "give one ID per process")
-        if max(device_ids) >= torch.cuda.device_count():
-            raise UserError(f"--device_ids {max(device_ids)}: this machine has {torch.cuda.device_count()} CUDA devices")
-        return torch.device("cuda", device_ids[process.local_rank])
-    if requested is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda", process.local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise UserError(f"--device {requested!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {requested}: only cpu and cuda are supported")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", process.local_rank % torch.cuda.device_count())
-    return device
-
-
-def validate(args: argparse.Namespace):
-    """Every check that needs no data or model, before any work: returns (model spec, QuantConfig or None)."""
-    from inference.quant_flags import quant_config_from_args
-    from inference.simulate import require_statistics_file
-
-    if args.results_json is not None and not args.results_json.parent.is_dir():
-        raise UserError(f"--results-json {args.results_json}: folder {args.results_json.parent} does not exist")
-    if args.weights is not None and args.random_init:
-        raise UserError("--weights and --random-init contradict each other; pass only one")
-    if args.report_csv is not None and not args.report_csv.parent.is_dir():
-        raise UserError(f"--report-csv {args.report_csv}: folder {args.report_csv.parent} does not exist")
-    if args.mf is not None and not args.ms:
-        raise UserError("-mf names the folder of -ms: add -ms")
-    for flag, folder in (("-dd", args.dd), ("-mf", args.mf)):
-        if folder is not None and folder.exists() and not folder.is_dir():
-            raise UserError(f"{flag} {folder}: is a file, not a folder; pass a folder (it is created if missing)")
-    spec = get_model_spec(args.arch)
-    calibration_choice(args)
-    config = quant_config_from_args(args, spec)
-    if config is not None:
-        require_statistics_file(args, config)
-    elif args.report_csv is not None or args.compare_fp32:
-        flag = "--report-csv" if args.report_csv is not None else "--compare-fp32"
-        raise UserError(f"{flag} concerns a quantized model: add --qtype intN and/or -qw intN")
-    return spec, config
-
-
-def validate_sweep(args: argparse.Namespace) -> dict:
-    """-ep: the sweep's own contradictions, then every row's flags: {precision: (args, validated)}."""
-    from inference.sweep import SWEEP_PRECISIONS, check_sweep_flags, precision_args
-
-    check_sweep_flags(args)
-    if args.sweep_csv is not None and not args.sweep_csv.parent.is_dir():
-        raise UserError(f"--sweep-csv {args.sweep_csv}: folder {args.sweep_csv.parent} does not exist")
-    rows = {}
-    for precision in SWEEP_PRECISIONS:
-        row = precision_args(args, precision)
-        rows[precision] = (row, validate(row))
-    return rows
-
-
-def calibration_choice(args: argparse.Namespace):
-    from inference.data import CalibrationChoice
-
-    return CalibrationChoice(args.calib_data, args.calib_holdout, args.cs)
-
-
 def prepare_run_data(args: argparse.Namespace, spec):
     """The evaluated and calibration images: folders scanned and checked before any run starts."""
     from inference.data import prepare_data
 
-    calibrates = not args.q_off and (args.sm == "collect" or args.ac or args.bca)
-    if args.calib_data is not None and not calibrates:
+    if args.calib_data is not None and not calibrates(args):
         logging.getLogger(__name__).warning("--calib-data: this run calibrates nothing (no -sm collect, -ac or -bca); "
                                             "the folder is only recorded")
     return prepare_data(spec, args.data, calibration_choice(args), args.seed)
@@ -277,6 +189,9 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None, dat
                       "calibration_overlaps_eval": simulation.calibration_overlaps_eval}
         extra |= {"statistics": simulation.statistics, "statistics_file": simulation.statistics_file,
                   **{key: value for key, value in simulation.entropy.items() if key.startswith("avg.")}}
+    if args.skip_bad_images:
+        skipped = getattr(loader, "skipped", [])
+        extra |= {"skipped_images": int(process.sum(torch.tensor([len(skipped)]))[0]), "skipped_examples": skipped[:3]}
     weights = "random" if args.random_init else str(args.weights or spec.default_weights())
     return {
         "arch": args.arch, "top1": result.top1, "top5": result.top5, "loss": result.loss, "images": result.images,
@@ -378,55 +293,90 @@ def tracked_run(args: argparse.Namespace, process):
         yield mlflow
 
 
-def log_to_mlflow(mlflow, results: dict) -> None:
-    from inference.tracking import log_results
+def log_to_mlflow(mlflow, results: dict, uri: str | None) -> None:
+    from inference.tracking import log_results, store_errors
 
-    mlflow.log_params({key: str(value)[:500] for key, value in flatten_quantization(results["quantization"]).items()})
-    log_results(mlflow, results, statistics_file=results.get("statistics_file"))
-    if results.get("calibration"):
-        mlflow.log_params({"calibration.source": results["calibration"][:500],
-                           "calibration.images": results["calibration_images"],
-                           "calibration.overlaps_eval": results["calibration_overlaps_eval"]})
-    for key in ("report_csv", "activation_stats_csv", "sweep_csv", "dump_file"):
-        if results.get(key):
-            mlflow.log_artifact(results[key])
+    with store_errors(uri):
+        mlflow.log_params({key: str(value)[:500] for key, value in flatten_quantization(results["quantization"]).items()})
+        log_results(mlflow, results, statistics_file=results.get("statistics_file"))
+        if results.get("calibration"):
+            mlflow.log_params({"calibration.source": results["calibration"][:500],
+                               "calibration.images": results["calibration_images"],
+                               "calibration.overlaps_eval": results["calibration_overlaps_eval"]})
+        for key in ("report_csv", "activation_stats_csv", "sweep_csv", "dump_file"):
+            if results.get(key):
+                mlflow.log_artifact(results[key])
+
+
+def parse_command_line(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    parser = build_parser()
+    known = {option for action in parser._actions for option in action.option_strings}
+    return parser, parser.parse_args(translate_seed_long_names(sys.argv[1:] if argv is None else list(argv), known))
+
+
+def checked_before_work(args: argparse.Namespace, parser: argparse.ArgumentParser, process):
+    """Flags, outputs, the tracking store (rank 0), the device and the data, in that order:
+    everything the user can get wrong is found before a model is loaded or a run is started."""
+    from inference.quant_flags import no_op_warnings
+    from inference.tracking import check_tracking_store
+    from inference.validation import validate_command_line
+
+    validated = validate_command_line(args, parser)
+    for warning in no_op_warnings(args):
+        logging.getLogger(__name__).warning(warning)
+    if process.is_main:
+        check_tracking_store(args.mlflow_uri)
+    device = resolve_device(args.device, args.device_ids, process)
+    data = prepare_run_data(args, get_model_spec(args.arch))
+    return validated, device, data
+
+
+def evaluate_and_record(args: argparse.Namespace, parser: argparse.ArgumentParser, process) -> tuple[dict, object]:
+    """The whole run: checks, the evaluation inside its mlflow run, then the results JSON (rank 0)."""
+    from inference.distributed import process_group
+    from inference.output_files import write_json_atomically
+
+    validated, device, data = checked_before_work(args, parser, process)
+    with process_group(process, device), tracked_run(args, process) as mlflow:
+        if args.ep:
+            results, table = run_sweep(args, validated, process, device, data)
+        else:
+            results = run(args, validated, process, device, data)
+            table = results_table(results)
+        if mlflow is not None:
+            log_to_mlflow(mlflow, results, args.mlflow_uri)
+        if args.results_json is not None and process.is_main:
+            write_json_atomically(args.results_json, results)
+    return results, table
 
 
 def main(argv: list[str] | None = None) -> int:
-    from inference.distributed import ProcessInfo, process_group, process_info
-    from inference.output_files import write_json_atomically
+    """Exit 0 with the results printed; 2 with one stderr line for anything the user can fix
+    (``cli_errors``); a bug of the tool keeps its traceback."""
+    from inference.cli_errors import one_line, signals_as_interrupts, user_error_message
+    from inference.distributed import ProcessInfo, process_info
 
-    parser = build_parser()
-    known = {option for action in parser._actions for option in action.option_strings}
-    args = parser.parse_args(translate_seed_long_names(sys.argv[1:] if argv is None else list(argv), known))
+    parser, args = parse_command_line(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     process = ProcessInfo()
     try:
-        process = process_info()
-        if not process.is_main:
-            logging.getLogger().setLevel(logging.ERROR)
-        validated = validate_sweep(args) if args.ep else validate(args)
-        from inference.quant_flags import no_op_warnings
-
-        for warning in no_op_warnings(args):
-            logging.getLogger(__name__).warning(warning)
-        device = resolve_device(args.device, args.device_ids, process)
-        data = prepare_run_data(args, get_model_spec(args.arch))
-        with process_group(process, device), tracked_run(args, process) as mlflow:
-            if args.ep:
-                results, table = run_sweep(args, validated, process, device, data)
-            else:
-                results = run(args, validated, process, device, data)
-                table = results_table(results)
-            if mlflow is not None:
-                log_to_mlflow(mlflow, results)
-        if args.results_json is not None and process.is_main:
-            write_json_atomically(args.results_json, results)
-    except InputError as error:
+        with signals_as_interrupts():
+            process = process_info()
+            if not process.is_main:
+                logging.getLogger().setLevel(logging.ERROR)
+            results, table = evaluate_and_record(args, parser, process)
+    except BaseException as error:  # noqa: BLE001 - sorted by cause below; bugs are raised again
+        message = user_error_message(error, args.batch_size)
+        if message is None:
+            raise
         if process.is_main:
-            print(f"inference_sim.py: error: {error}", file=sys.stderr)
+            print(f"inference_sim.py: error: {one_line(message)}", file=sys.stderr)
         return 2
     if process.is_main:
+        if results.get("skipped_images"):
+            logging.getLogger(__name__).warning(
+                f"--skip-bad-images: {results['skipped_images']} image files could not be decoded and were skipped "
+                f"(e.g. {results['skipped_examples'][0] if results['skipped_examples'] else 'on another process'})")
         print_results(results, table)
     return 0
 

@@ -147,7 +147,7 @@ def keep_8bit_patterns(args: argparse.Namespace, spec: ModelSpec) -> tuple[str, 
 def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
     """Convert the flags once into a QuantConfig (None with --q_off or without quantization)."""
     from pytorch_quantizer.config import (
-        ActQuantPoint, BitRounding, Prior, QuantConfig, StatsKind, TensorQuantSpec, WeightKind,
+        MAX_ALLOCATION_TARGET, ActQuantPoint, BitRounding, Prior, QuantConfig, StatsKind, TensorQuantSpec, WeightKind,
     )
 
     activation_bits = parse_bits(args.qtype, "--qtype")
@@ -155,7 +155,9 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
     weight_bits = parse_bits(weight_text, "-qw", allow_kmeans=True)
     if args.q_off:
         return None
-    problems = []
+    problems = [f"{flag} {target:g}: the mean bits of an allocation must be within (0, {MAX_ALLOCATION_TARGET}]"
+                for flag, target in (("-bata", args.bata), ("-batw", args.batw))
+                if target is not None and target > MAX_ALLOCATION_TARGET]
     if args.sm != "no" and activation_bits is None:
         problems.append(f"-sm {args.sm} concerns activation statistics: add --qtype intN")
     if args.baa and activation_bits is None:

@@ -105,7 +105,8 @@ def progress(loader, description: str, show: bool):
     """A tqdm bar over the batches of ``loader`` (drawn by rank 0 only)."""
     from tqdm import tqdm
 
-    return tqdm(loader, desc=description, unit="batch", disable=not show, leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, pipes, the one error line)
+    return tqdm(loader, desc=description, unit="batch", disable=None if show else True, leave=False)
 
 
 def require_statistics_file(args: argparse.Namespace, config) -> None:

@@ -1,20 +1,110 @@
 """mlflow tracking: one run per invocation, with the resolved configuration as parameters and the
 results as metrics. Default store: sqlite under the repository's mlruns/ (artifacts beside it);
 ``--mlflow-uri`` or MLFLOW_TRACKING_URI for another store or a server. Telemetry is disabled unless
-the user enabled it. A run that fails is ended as FAILED, never left RUNNING.
+the user enabled it. A run that fails is ended as FAILED, an interrupted one as KILLED, never left
+RUNNING. The store is checked before any work (``check_tracking_store``), and any failure of the store
+during the run is a ``TrackingStoreError`` naming the store and the fix.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import sqlite3
 import tempfile
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlparse
+from urllib.request import urlopen
 
+from inference.errors import UserError
 from inference.models import REPO_ROOT
 
 DEFAULT_STORE = REPO_ROOT / "mlruns"
+SERVER_TIMEOUT_SECONDS = 3
+SQLITE_HEADER = b"SQLite format 3\x00"
+STORE_FIX = "pass --mlflow-uri sqlite:///PATH/mlflow.db or a running server's http://HOST:PORT"
+
+
+class TrackingStoreError(UserError):
+    """The mlflow store cannot be reached, read or written."""
+
+
+def check_tracking_store(requested: str | None) -> str:
+    """The resolved tracking URI, once it is known to be usable: an sqlite file that is a database in
+    a writable folder, or a server that answers ``/health`` within ``SERVER_TIMEOUT_SECONDS``."""
+    uri = tracking_uri(requested)
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        check_sqlite_store(uri)
+    elif scheme in ("http", "https"):
+        check_server(uri)
+    elif scheme in ("", "file"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+            raise TrackingStoreError(f"mlflow store {uri}: mlflow 3 refuses folder (file:) stores unless "
+                                     f"MLFLOW_ALLOW_FILE_STORE=true; {STORE_FIX}")
+    else:
+        raise TrackingStoreError(f"mlflow store {uri}: scheme {scheme}: is not supported here; {STORE_FIX}")
+    return uri
+
+
+def check_sqlite_store(uri: str) -> None:
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///" or uri.endswith("/"):
+        raise TrackingStoreError(f"mlflow store {uri}: an sqlite URI is sqlite:///RELATIVE/PATH or "
+                                 f"sqlite:////ABSOLUTE/PATH to a database file; {STORE_FIX}")
+    path = Path(uri[len("sqlite:///"):])
+    blocking = next((parent for parent in path.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise TrackingStoreError(f"mlflow store {uri}: {blocking} is a file, not a folder; {STORE_FIX}")
+    if not path.parent.is_dir():
+        raise TrackingStoreError(f"mlflow store {uri}: folder {path.parent} does not exist; create it or {STORE_FIX}")
+    if path.is_dir():
+        raise TrackingStoreError(f"mlflow store {uri}: {path} is a folder, not a database file; {STORE_FIX}")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise TrackingStoreError(f"mlflow store {uri}: {path if path.exists() else path.parent} is not writable; "
+                                 f"{STORE_FIX}")
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+        if header != SQLITE_HEADER:
+            raise TrackingStoreError(f"mlflow store {uri}: {path} is not an sqlite database (damaged or another "
+                                     f"kind of file); move it away or {STORE_FIX}")
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+                connection.execute("PRAGMA quick_check(1)").fetchall()
+        except sqlite3.DatabaseError as error:
+            raise TrackingStoreError(f"mlflow store {uri}: {path} is a damaged sqlite database ({error}); move it "
+                                     f"away or {STORE_FIX}") from None
+
+
+def check_server(uri: str) -> None:
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urlopen(health, timeout=SERVER_TIMEOUT_SECONDS) as response:
+            status = response.status
+    except HTTPError as error:
+        status = error.code
+    except (URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingStoreError(f"mlflow server {uri} does not answer within {SERVER_TIMEOUT_SECONDS} s ({reason}); "
+                                 f"start it or {STORE_FIX}") from None
+    if status != 200:
+        raise TrackingStoreError(f"mlflow server {uri} answers {health} with HTTP {status}; check the URI or {STORE_FIX}")
+
+
+@contextmanager
+def store_errors(uri: str | None):
+    """Failures of the tracking store itself (unreachable, damaged, read-only) as TrackingStoreError."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (MlflowException, RequestException, SQLAlchemyError, sqlite3.Error) as error:
+        detail = " ".join(str(error).split())[:200]
+        raise TrackingStoreError(f"mlflow store {tracking_uri(uri)} failed: {detail}; {STORE_FIX}") from None
 
 
 def tracking_uri(requested: str | None) -> str:
@@ -38,30 +128,47 @@ def flatten(prefix: str, value, out: dict) -> dict:
 
 @contextmanager
 def mlflow_run(uri: str | None, experiment: str, params: dict):
-    """Start a run (status FAILED if the block raises) and yield the mlflow module."""
+    """Start a run and yield the mlflow module; the run ends FINISHED, KILLED if the block is
+    interrupted (KeyboardInterrupt, SIGTERM) or FAILED if it raises."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # mlflow's default retries for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     import mlflow
 
     for name in ("mlflow.store.db.utils", "alembic"):  # schema-creation chatter on a new store
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    resolved = tracking_uri(uri)
-    mlflow.set_tracking_uri(resolved)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location = None
-        if resolved.startswith("sqlite:///"):
-            location = (Path(resolved[len("sqlite:///"):]).parent / "artifacts" / experiment).as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment)
-    run = mlflow.start_run()
+    with store_errors(uri):
+        resolved = tracking_uri(uri)
+        mlflow.set_tracking_uri(resolved)
+        if mlflow.get_experiment_by_name(experiment) is None:
+            location = None
+            if resolved.startswith("sqlite:///"):
+                location = (Path(resolved[len("sqlite:///"):]).parent / "artifacts" / experiment).as_uri()
+            mlflow.create_experiment(experiment, artifact_location=location)
+        mlflow.set_experiment(experiment)
+        mlflow.start_run()
     try:
-        mlflow.log_params({key: str(value)[:500] for key, value in flatten("", params, {}).items()})
+        with store_errors(uri):
+            mlflow.log_params({key: str(value)[:500] for key, value in flatten("", params, {}).items()})
         yield mlflow
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+    except KeyboardInterrupt:
+        end_run_quietly(mlflow, "KILLED")
         raise
-    mlflow.end_run(status="FINISHED")
-    del run
+    except BaseException:
+        end_run_quietly(mlflow, "FAILED")
+        raise
+    with store_errors(uri):
+        mlflow.end_run(status="FINISHED")
+
+
+def end_run_quietly(mlflow, status: str) -> None:
+    """End the active run with ``status`` while another error is on its way up: a failure of the
+    store here must not hide that error."""
+    try:
+        mlflow.end_run(status=status)
+    except Exception:  # noqa: BLE001 - the error being raised is the one to report
+        logging.getLogger(__name__).warning(f"the mlflow run could not be marked {status}")
 
 
 def log_results(mlflow, results: dict, layer_rows: list[dict] | None = None, statistics_file: str | None = None) -> None:

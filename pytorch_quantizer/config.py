@@ -15,6 +15,7 @@ from pytorch_quantizer.errors import InputError
 
 MIN_BITS, MAX_BITS = 1, 16
 BIT_ALLOCATION_MAX_BITS = 4
+MAX_ALLOCATION_TARGET = 8
 ALLOCATION_CLIPPING = ("no", "laplace", "gaus")
 
 
@@ -84,8 +85,9 @@ class TensorQuantSpec:
         if allocating and self.clipping not in ALLOCATION_CLIPPING:
             raise InputError(f"bit/bin allocation takes min / max ranges or ACIQ clipping (each channel clipped with "
                              f"the constant of its own bits): use -c no, laplace or gaus (not {self.clipping})")
-        if self.allocation_target is not None and not 0 < self.allocation_target <= 8:
-            raise InputError(f"allocation target must be within (0, 8] bits, got {self.allocation_target}")
+        if self.allocation_target is not None and not 0 < self.allocation_target <= MAX_ALLOCATION_TARGET:
+            raise InputError(f"allocation target must be within (0, {MAX_ALLOCATION_TARGET}] bits, "
+                             f"got {self.allocation_target}")
         if self.bin_allocation and self.allocation_target is None:
             raise InputError("bin allocation (mid-tread) needs a target: -bata / -batw")
         if self.allocation_target is not None and not allocating:

@@ -147,7 +147,18 @@ def plan_layers(model: nn.Module, config: QuantConfig, graph: ModelGraph) -> dic
             activation = per_tensor(activation)
         fused_activation = graph.activation_after.get(name) if at_output else None
         plans[name] = LayerPlan(name, type(module).__name__, activation, weight, fused_activation, kept, kept or flat)
+    check_patterns_match(list(plans), config)
     return plans
+
+
+def check_patterns_match(layer_names: list[str], config: QuantConfig) -> None:
+    """A keep-8bit / keep-fp pattern that matches no layer is a typo: the run would not be the one asked for."""
+    for flag, patterns in (("--keep-8bit", config.keep_8bit), ("--keep-fp", config.keep_fp)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in layer_names):
+                examples = ", ".join(layer_names[:2] + ["...", layer_names[-1]]) if layer_names else "none"
+                raise InputError(f"{flag} {pattern} matches no Conv2d / Linear layer of the model (its layers: "
+                                 f"{examples}); pass a layer name or an fnmatch pattern such as 'layer1.*'")
 
 
 @dataclass
