@@ -53,6 +53,25 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed or unsigned 64-bit integer
+
+
+def seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be within 0..2^63-1, got {value}")
+    return value
+
+
+def experiment_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty experiment name")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="inference_sim.py", description="Evaluate a pretrained CNN on real images.")
     parser.add_argument("-a", "--arch", default=DEFAULT_ARCH, choices=list_models(), metavar="ARCH",
@@ -77,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device_ids", "--device-ids", dest="device_ids", type=non_negative_int, nargs="+", default=None,
                         metavar="ID", help="CUDA devices: process k of torchrun uses cuda:ID[k]; one process takes one ID "
                                            "(several GPUs: torchrun --nproc_per_node=N)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled order and of torch (default: 0)")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the shuffled order and of torch (default: 0)")
     parser.add_argument("-ss", "--subset", type=positive_int, default=None, help="evaluate only the first N images of the order")
     parser.add_argument("-sh", "--shuffle", action="store_true", help="evaluate in a shuffled order (seeded by --seed)")
     parser.add_argument("-p", "--print-freq", type=non_negative_int, default=10,
@@ -91,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also evaluate the FP32 model on the same images and report fp32_top1/fp32_top5/drop")
     parser.add_argument("--report-csv", type=Path, default=None,
                         help="per-layer report of the quantized model (tensor, bits, clipping value, MSE, SQNR, entropy) as CSV")
-    parser.add_argument("-mlexp", "--mlf-experiment", dest="mlexp", default=None,
+    parser.add_argument("-mlexp", "--mlf-experiment", dest="mlexp", type=experiment_name, default=None,
                         help="mlflow experiment of this run (default: the arch)")
     parser.add_argument("--mlflow-uri", default=None,
                         help="mlflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under mlruns/ in the repository)")

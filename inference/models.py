@@ -193,29 +193,79 @@ def build_architecture(name: str):
     return get_model_spec(name).build()
 
 
+WEIGHTS_FIX = "pass a file saved with torch.save(model.state_dict(), PATH)"
+
+
 def load_state_dict_file(path: Path) -> dict:
-    """Load a state dict safely (``weights_only=True``: no pickled code runs).
+    """Load a state dict safely (``weights_only=True``: no pickled code runs) and check it: string
+    keys, dense tensor values, no NaN / Inf in floating tensors, not empty.
 
     Accepts a plain state dict or a checkpoint dict holding one under ``state_dict`` or ``model``.
     """
-    import torch
+    from pytorch_quantizer.state_checks import describe, non_finite_problem, tensor_dict_problem
 
+    if path.is_dir():
+        raise UserError(f"weights file {path} is a folder, not a file; {WEIGHTS_FIX}")
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist; pass an existing state dict with --weights")
-    loaded = safe_torch_load(path, "pass a file saved with torch.save(model.state_dict(), PATH)")
+    loaded = safe_torch_load(path, WEIGHTS_FIX)
     for key in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
-    if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
-        raise UserError(f"weights file {path} does not hold a state dict of tensors; "
-                        "pass a file saved with torch.save(model.state_dict(), PATH)")
+    if not isinstance(loaded, dict):
+        raise UserError(f"weights file {path} does not hold a state dict of tensors but {describe(loaded)}; {WEIGHTS_FIX}")
+    problem = tensor_dict_problem(loaded)
+    if problem:
+        raise UserError(f"weights file {path} does not hold a state dict of tensors: {problem}; {WEIGHTS_FIX}")
+    problem = non_finite_problem(loaded)
+    if problem:
+        raise UserError(f"weights file {path}: {problem}; pass finite weights (re-export them from a sound checkpoint)")
     return loaded
+
+
+def kind_of(tensor) -> str:
+    if tensor.is_floating_point():
+        return "floating"
+    if tensor.is_complex():
+        return "complex"
+    return "boolean" if str(tensor.dtype) == "torch.bool" else "integer"
+
+
+def fit_problem(state: dict, expected: dict) -> str | None:
+    """Shapes and dtype kinds (floating / integer / ...) of the entries ``state`` shares with the
+    model's own state dict ``expected``: compared before ``load_state_dict``, whose size-mismatch
+    error spans many lines."""
+    from pytorch_quantizer.state_checks import shape_text
+
+    for key, value in state.items():
+        target = expected.get(key)
+        if target is None:
+            continue
+        if value.shape != target.shape:
+            return f"{key} has shape {shape_text(value)}, the model's {shape_text(target)}"
+        if kind_of(value) != kind_of(target):
+            return (f"{key} has dtype {str(value.dtype).removeprefix('torch.')} ({kind_of(value)}), the model's "
+                    f"{str(target.dtype).removeprefix('torch.')} ({kind_of(target)})")
+    return None
+
+
+def keys_problem(name: str, missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    if unexpected:
+        parts.append(f"{len(unexpected)} key{'s' if len(unexpected) > 1 else ''} that {name} lacks (first {unexpected[0]})")
+    if missing:
+        parts.append(f"{len(missing)} {name} key{'s' if len(missing) > 1 else ''} missing (first {missing[0]})")
+    hint = ""
+    if unexpected and all(key.startswith("module.") for key in unexpected):
+        hint = "; the keys carry the 'module.' prefix of DataParallel: save model.module.state_dict()"
+    return ", ".join(parts) + hint
 
 
 def create_model(name: str, weights: Path | None = None, random_init: bool = False):
     """Build ``name`` in eval mode with its weights: ``weights`` if given, else the registry's source.
 
-    ``random_init`` skips loading (architecture-only runs). Raises UserError when no weights exist.
+    ``random_init`` skips loading (architecture-only runs). Raises UserError when no weights exist
+    or they do not fit the architecture (a key, shape or dtype kind of another model).
     """
     spec = get_model_spec(name)
     model = spec.build()
@@ -225,14 +275,16 @@ def create_model(name: str, weights: Path | None = None, random_init: bool = Fal
             raise UserError(f"{name}: weights not found at {path} ({spec.weights_source}); {spec.weights_hint}, "
                             "or pass --weights PATH, or --random-init for an architecture-only run")
         state = load_state_dict_file(path)
+        refit = "pass weights saved from this architecture"
+        problem = fit_problem(state, model.state_dict())
+        if problem:
+            raise UserError(f"weights file {path} does not fit {name}: {problem}; {refit}")
         try:
             result = model.load_state_dict(state, strict=False)
-        except RuntimeError as error:  # tensor shapes differ from the architecture's
-            first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), "size mismatch")
-            raise UserError(f"weights file {path} does not fit {name}: {first[:200]}; "
-                            "pass weights saved from this architecture") from None
+        except RuntimeError as error:  # what the checks above did not foresee: its first specific line
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+            raise UserError(f"weights file {path} does not fit {name}: {lines[min(1, len(lines) - 1)][:200]}; {refit}") from None
         if result.missing_keys or result.unexpected_keys:
-            raise UserError(f"weights file {path} does not fit {name}: {len(result.missing_keys)} missing keys "
-                            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected keys "
-                            f"(e.g. {result.unexpected_keys[:2]}); pass weights saved from this architecture")
+            raise UserError(f"weights file {path} does not fit {name}: "
+                            f"{keys_problem(name, result.missing_keys, result.unexpected_keys)}; {refit}")
     return model.eval()

@@ -98,7 +98,8 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
 def reduced(accumulators: dict, kind: str, kept: set[str]) -> dict:
     """Each layer's statistics over the calibration batches: ``kind`` (-sk), and their extremes at
     layers kept at 8 bits (the seed's classifier output)."""
-    return {name: accumulator.reduce("max" if name in kept else kind) for name, accumulator in accumulators.items()}
+    return {name: accumulator.reduce("max" if name in kept else kind) for name, accumulator in accumulators.items()
+            if accumulator.batches}  # layers that calibration never reached (an eval-mode auxiliary head) have none
 
 
 def progress(loader, description: str, show: bool):

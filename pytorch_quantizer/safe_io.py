@@ -19,6 +19,9 @@ def safe_torch_load(path: Path, fix: str):
     """
     import torch
 
+    if has_no_torch_save_header(path):
+        raise InputError(f"{path} is corrupt, truncated or not a torch.save file (it starts with neither a zip "
+                         f"archive nor a pickle); {fix}")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
             warnings.simplefilter("ignore")
@@ -36,6 +39,20 @@ def safe_torch_load(path: Path, fix: str):
     except Exception as error:  # noqa: BLE001 - whatever torch.load trips over, the cause is the file's content
         reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
         raise InputError(f"{path} is corrupt, truncated or not a torch.save file ({reason}); {fix}") from None
+
+
+TORCH_SAVE_HEADERS = (b"PK\x03\x04", b"\x80")  # the zip format since torch 1.6; the legacy pickle format
+
+
+def has_no_torch_save_header(path: Path) -> bool:
+    """True for a readable file that cannot be a torch.save file (text, an image, random bytes):
+    said so plainly instead of letting the unpickler read text as opcodes (a leading ``c`` is GLOBAL)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False  # torch.load reports it below
+    return bool(head) and not head.startswith(TORCH_SAVE_HEADERS)
 
 
 def temporary_prefix(path: Path, pid: int) -> str:

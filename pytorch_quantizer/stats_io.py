@@ -1,6 +1,8 @@
 """Statistics files: one versioned, data-only file (tensors, strings, numbers; loaded with
 ``weights_only=True``) keyed by module name, with the model name, calibration image count,
 per-channel flag, quantization point and library version, and a SHA-256 checksum over all of it.
+A checksum only catches accidents (anyone can recompute it), so loading also checks that every
+value is one this tool could have written (``state_checks``).
 Written to a temporary file beside the target and renamed, so a crash never leaves half a file.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pytorch_quantizer import __version__
+from pytorch_quantizer import __version__, state_checks
 from pytorch_quantizer.errors import InputError
 from pytorch_quantizer.observers import StatsAccumulator
 from pytorch_quantizer.safe_io import safe_torch_load, write_atomically
@@ -58,20 +60,66 @@ def save_statistics(statistics: StatisticsFile, path: Path) -> None:
     write_atomically(path, lambda temporary: torch.save(payload, temporary))
 
 
+METADATA_TYPES = {"library_version": (str, "a string"), "model": (str, "a string"),
+                  "calibration_images": (int, "a non-negative integer"), "per_channel": (bool, "true or false"),
+                  "act_quant_point": (str, "a string"), "clipping": (str, "a string")}
+
+
+def metadata_problem(payload: dict) -> str | None:
+    """The metadata fields must have their types (they enter the checksum as JSON)."""
+    for key, (kind, expected) in METADATA_TYPES.items():
+        value = payload.get(key)
+        wrong_bool = kind is int and isinstance(value, bool)
+        if not isinstance(value, kind) or wrong_bool or (kind is int and value < 0):
+            return f"metadata {key} is {value!r:.40}, not {expected}"
+    if not isinstance(payload.get("checksum"), str):
+        return "has no checksum string"
+    return None
+
+
+def layers_problem(stored_layers) -> str | None:
+    """The layers must be a dict of layer name -> dict of tensors before anything reads them."""
+    if not isinstance(stored_layers, dict):
+        return f"layers are {state_checks.describe(stored_layers)}, not a dict keyed by layer name"
+    for name, state in stored_layers.items():
+        if not isinstance(name, str):
+            return f"has a layer name {name!r:.60} that is not a string"
+        problem = state_checks.state_structure_problem(state)
+        if problem:
+            return f"layer {name} {problem}"
+    return None
+
+
+def stored_checksum_matches(payload: dict, metadata: dict, stored_layers: dict) -> bool:
+    try:
+        return payload["checksum"] == checksum(metadata, stored_layers)
+    except (TypeError, RuntimeError, ValueError):  # tensors of a dtype numpy cannot hold: not written by this tool
+        return False
+
+
 def load_statistics(path: Path, model: str, per_channel: bool, act_quant_point: str,
                     layers: list[str]) -> StatisticsFile:
-    """Load and check a statistics file against the run that wants to use it."""
+    """Load and check a statistics file against the run that wants to use it: format and version,
+    metadata types, the checksum, model, granularity and point, then every layer's accumulator
+    state (``state_checks.accumulator_state_problem``: keys, count, dtypes, shapes, finiteness,
+    ranges). Every problem is a one-line InputError naming the file, the layer and the key."""
     fix = f"collect statistics for {model} again with -sm collect"
+    if path.is_dir():
+        raise InputError(f"statistics file {path} is a folder, not a file; {fix}")
     if not path.is_file():
         raise InputError(f"statistics file {path} does not exist; {fix}")
     payload = safe_torch_load(path, fix)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or not isinstance(payload.get("format"), str) or payload["format"] != FORMAT:
         raise InputError(f"{path} is not a statistics file of this tool; {fix}")
-    if payload.get("version") != FORMAT_VERSION:
-        raise InputError(f"{path} has statistics format version {payload.get('version')}, this tool reads {FORMAT_VERSION}; {fix}")
+    version = payload.get("version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise InputError(f"{path} has statistics format version {version!r:.40}, this tool reads {FORMAT_VERSION}; {fix}")
     stored_layers = payload.get("layers")
+    problem = metadata_problem(payload) or layers_problem(stored_layers)
+    if problem:
+        raise InputError(f"{path}: {problem} (modified or damaged); {fix}")
     metadata = {key: payload.get(key) for key in metadata_of(StatisticsFile("", 0, False, "", "", {}))}
-    if not isinstance(stored_layers, dict) or payload.get("checksum") != checksum(metadata, stored_layers):
+    if not stored_checksum_matches(payload, metadata, stored_layers):
         raise InputError(f"{path} fails its checksum (modified or damaged); {fix}")
     if payload["model"] != model:
         raise InputError(f"{path} holds statistics of model {payload['model']}, not {model}; {fix}")
@@ -85,7 +133,11 @@ def load_statistics(path: Path, model: str, per_channel: bool, act_quant_point: 
     missing = [name for name in layers if name not in stored_layers]
     if missing:
         raise InputError(f"{path} lacks statistics of layer {missing[0]} ({len(missing)} missing); {fix}")
-    return StatisticsFile(payload["model"], int(payload["calibration_images"]), bool(payload["per_channel"]),
+    for name in sorted(stored_layers):
+        problem = state_checks.accumulator_state_problem(stored_layers[name], per_channel)
+        if problem:
+            raise InputError(f"{path}: layer {name} {problem}; {fix}")
+    return StatisticsFile(payload["model"], payload["calibration_images"], payload["per_channel"],
                           payload["act_quant_point"], payload["clipping"],
                           {name: StatsAccumulator(state) for name, state in stored_layers.items()},
                           payload["library_version"])

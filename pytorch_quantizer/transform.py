@@ -269,10 +269,6 @@ class QuantizedModel:
 
     def use_statistics(self, stats: dict[str, TensorStats] | None) -> None:
         """Quantize activations with these statistics (offline) instead of each batch's (None)."""
-        if stats is not None:
-            missing = [name for name in self.activation_plans() if name not in stats]
-            if missing:
-                raise InputError(f"no statistics for layer {missing[0]} ({len(missing)} missing); collect them again")
         self.activation_stats = stats
         self._fixed_plans = {}
 
@@ -314,7 +310,10 @@ class QuantizedModel:
         if self.activation_stats is not None:
             # fixed statistics give fixed ranges and bits: plan once per layer, not per batch
             if name not in self._fixed_plans:
-                stats = self.activation_stats[name]
+                stats = self.activation_stats.get(name)
+                if stats is None:
+                    raise InputError(f"layer {name} runs but has no statistics (calibration never reached it); "
+                                     "collect them again with -sm collect (same model and flags)")
                 self._fixed_plans[name] = plan_quantization(stats, spec, self.config, self.starts_at_zero(name, stats),
                                                             ceiling=self.ceiling(name))
             plan = self._fixed_plans[name]
