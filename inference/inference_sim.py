@@ -209,8 +209,11 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None, dat
         extra |= {"statistics": simulation.statistics, "statistics_file": simulation.statistics_file,
                   **{key: value for key, value in simulation.entropy.items() if key.startswith("avg.")}}
     if args.skip_bad_images:
-        skipped = getattr(loader, "skipped", [])
-        extra |= {"skipped_images": int(process.sum(torch.tensor([len(skipped)]))[0]), "skipped_examples": skipped[:3]}
+        skipped = list(getattr(loader, "skipped", []))
+        calibration_skipped = simulation.calibration_skipped if config is not None else []
+        counts = process.sum(torch.tensor([len(skipped), len(calibration_skipped)]))
+        extra |= {"skipped_images": int(counts[0]), "skipped_calibration_images": int(counts[1]),
+                  "skipped_examples": (skipped + calibration_skipped)[:3]}
     weights = "random" if args.random_init else str(args.weights or spec.default_weights())
     return {
         "arch": args.arch, "top1": result.top1, "top5": result.top5, "loss": result.loss, "images": result.images,
@@ -392,10 +395,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"inference_sim.py: error: {one_line(message)}", file=sys.stderr)
         return 2
     if process.is_main:
-        if results.get("skipped_images"):
+        if results.get("skipped_images") or results.get("skipped_calibration_images"):
             logging.getLogger(__name__).warning(
-                f"--skip-bad-images: {results['skipped_images']} image files could not be decoded and were skipped "
-                f"(e.g. {results['skipped_examples'][0] if results['skipped_examples'] else 'on another process'})")
+                f"--skip-bad-images: {results['skipped_images']} evaluated and {results['skipped_calibration_images']} "
+                "calibration image files could not be decoded and were skipped (e.g. "
+                f"{results['skipped_examples'][0] if results['skipped_examples'] else 'on another process'})")
         print_results(results, table)
     return 0
 

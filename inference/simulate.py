@@ -29,6 +29,7 @@ class SimulationResult:
     entropy: dict[str, float] = field(default_factory=dict)
     layer_report: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    calibration_skipped: list[str] = field(default_factory=list)  # undecodable files, with --skip-bad-images
 
 
 def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, loader, config,
@@ -84,6 +85,8 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
                                  process.sum)
         result.evaluation, result.fidelity, result.files = evaluate_inspected(
             quantized.model, loader, device, args.print_freq, process, inspection, model if compare_fp32 else None)
+        if calibration is not None:
+            result.calibration_skipped = list(getattr(calibration.loader, "skipped", []))
         if process.distributed and (config.measure_entropy or measure_error):
             quantized.merge_activation_measures(process.sum)
         if config.measure_entropy:

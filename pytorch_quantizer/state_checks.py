@@ -64,9 +64,14 @@ def tensor_dict_problem(state: dict) -> str | None:
     """A weights state dict: not empty, string keys, dense tensor values."""
     if not state:
         return "holds no tensors (an empty state dict)"
+    return entries_problem(state, "a parameter name")
+
+
+def entries_problem(state: dict, key_kind: str) -> str | None:
+    """The first key that is not a string or value that is not a dense tensor."""
     for key, value in state.items():
         if not isinstance(key, str):
-            return f"has a key {key!r:.60} that is {describe(key)}, not a parameter name"
+            return f"has a key {key!r:.60} that is {describe(key)}, not {key_kind}"
         if not isinstance(value, torch.Tensor):
             return f"entry {key} is {describe(value)}, not a tensor"
         dense = dense_problem(value)
@@ -101,15 +106,7 @@ def state_structure_problem(state) -> str | None:
     string keys and dense tensors."""
     if not isinstance(state, dict):
         return f"is {describe(state)}, not a dict of tensors"
-    for key, value in state.items():
-        if not isinstance(key, str):
-            return f"has a key {key!r:.60} that is {describe(key)}, not a string"
-        if not isinstance(value, torch.Tensor):
-            return f"entry {key} is {describe(value)}, not a tensor"
-        dense = dense_problem(value)
-        if dense:
-            return f"entry {key} {dense}"
-    return None
+    return entries_problem(state, "a string")
 
 
 def count_problem(state: dict) -> str | None:

@@ -1,6 +1,7 @@
 """Every bad input and fault of the hostile-user catalogue (issue 11): exit 2, exactly one error line
 on stderr, no traceback, no mlflow run left RUNNING, no existing file lost or half-written."""
 import gzip
+import json
 import os
 import shutil
 import sqlite3
@@ -145,14 +146,16 @@ def test_damaged_fashion_mnist_files(run_cli, tmp_path, damage):
     assert_one_error_line(code, stderr, "t10k-images-idx3-ubyte.gz")
 
 
-def imagenet_folder_with(tmp_path: Path, bad_name: str, bad_content: bytes) -> Path:
+def imagenet_folder_with(tmp_path: Path, bad_name: str | None, bad_content: bytes) -> Path:
+    """``tmp_path/imagenet/val/<wnid>/`` with two good photos and, unless ``bad_name`` is None, one bad file."""
     from PIL import Image
 
     wnid_folder = tmp_path / "imagenet" / "val" / "n01440764"
     wnid_folder.mkdir(parents=True)
     for index in range(2):
         Image.new("RGB", (64, 48), (40 * index, 90, 160)).save(wnid_folder / f"good{index}.JPEG")
-    (wnid_folder / bad_name).write_bytes(bad_content)
+    if bad_name is not None:
+        (wnid_folder / bad_name).write_bytes(bad_content)
     return tmp_path / "imagenet"
 
 
@@ -171,9 +174,12 @@ def test_undecodable_images_name_the_file(run_cli, tmp_path, bad_name, bad_conte
     flags = ("-a", "efficientnet_lite0", "--random-init", "-b", "3", "--data", data)
     code, _, stderr = run_cli(*flags)
     assert_one_error_line(code, stderr, bad_name, "--skip-bad-images")
-    code, stdout, stderr = run_cli(*flags, "--skip-bad-images")
+    results = tmp_path / "results.json"
+    code, stdout, stderr = run_cli(*flags, "--skip-bad-images", "--results-json", results)
     assert code == 0, stderr
     assert "2 images" in stdout
+    recorded = json.loads(results.read_text())
+    assert (recorded["skipped_images"], recorded["skipped_examples"]) == (1, [str(data / "val" / "n01440764" / bad_name)])
 
 
 @pytest.mark.parametrize("flags, named", [
@@ -230,8 +236,6 @@ def test_unusable_tracking_stores_fail_fast_with_one_line(run_cli, tmp_path):
 
 
 def test_results_json_is_strict_json_with_non_finite_values_flagged(tmp_path):
-    import json
-
     from inference.output_files import write_json_atomically
 
     path = tmp_path / "results.json"
@@ -292,3 +296,17 @@ def test_launcher_refuses_a_bad_flag_before_starting_processes():
                              *FAST, "-c", "2xstd"], capture_output=True, text=True, timeout=120)
     assert_one_error_line(result.returncode, result.stderr, "-c 2xstd")
     assert "ChildFailedError" not in result.stderr and "torch.distributed" not in result.stderr
+
+
+def test_undecodable_calibration_images_are_named_or_skipped_and_counted(run_cli, tmp_path):
+    data = imagenet_folder_with(tmp_path, None, b"")
+    calibration = imagenet_folder_with(tmp_path / "calib", "broken.png", bytes(range(256)))
+    flags = ("-a", "efficientnet_lite0", "--random-init", "-b", "2", "--data", data, "--qtype", "int8", "-ac",
+             "-cs", "3", "--calib-data", calibration)
+    code, _, stderr = run_cli(*flags)
+    assert_one_error_line(code, stderr, "broken.png", "--skip-bad-images")
+    results = tmp_path / "results.json"
+    code, _, stderr = run_cli(*flags, "--skip-bad-images", "--results-json", results)
+    assert code == 0, stderr
+    recorded = json.loads(results.read_text())
+    assert (recorded["skipped_images"], recorded["skipped_calibration_images"]) == (0, 1)
