@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inference.errors import UserError
+from inference.errors import PeerProcessFailed, UserError
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,11 @@ class ProcessInfo:
 
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
         reduced = values.detach().to(device).clone()
-        dist.all_reduce(reduced, op=getattr(dist.ReduceOp, operation))
+        try:
+            dist.all_reduce(reduced, op=getattr(dist.ReduceOp, operation))
+        except RuntimeError as error:  # gloo's and nccl's (DistBackendError) failures when a peer is gone
+            detail = " ".join(str(error).split())[:160]
+            raise PeerProcessFailed(f"another process of this run stopped ({detail}); see its error") from None
         return reduced.to(values.device)
 
     def merge_statistics(self, accumulators: dict) -> None:

@@ -13,3 +13,8 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signal_name: str):
         super().__init__(signal_name)
         self.signal_name = signal_name
+
+
+class PeerProcessFailed(UserError):
+    """A collective operation of a torchrun run failed because another process of the run stopped
+    (that process reports why)."""

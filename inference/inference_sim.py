@@ -372,11 +372,31 @@ def evaluate_and_record(args: argparse.Namespace, parser: argparse.ArgumentParse
     return results, table
 
 
+def report_error(message: str, process, interrupted: bool, consequence: bool) -> None:
+    """The one error line. One process prints it. Under torchrun each process that fails reports
+    its own (prefixed with its rank): under ``launch.py`` to the launcher, which prints the first,
+    else on stderr. Interrupts are not reported by the processes of torchrun: its agent stops them
+    all with SIGTERM when one fails or when it is stopped itself, and the launcher says which."""
+    from inference.launch_protocol import launched, record_for_launcher
+
+    if not process.distributed:
+        print(f"inference_sim.py: error: {message}", file=sys.stderr)
+        return
+    if interrupted:
+        return
+    line = message if process.is_main else f"(rank {process.rank}) {message}"
+    if launched():
+        record_for_launcher(line, consequence)
+    else:
+        print(f"inference_sim.py: error: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 with the results printed; 2 with one stderr line for anything the user can fix
     (``cli_errors``); a bug of the tool keeps its traceback."""
     from inference.cli_errors import one_line, signals_as_interrupts, user_error_message
     from inference.distributed import ProcessInfo, process_info
+    from inference.errors import PeerProcessFailed
 
     parser, args = parse_command_line(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -391,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         message = user_error_message(error, args.batch_size)
         if message is None:
             raise
-        if process.is_main:
-            print(f"inference_sim.py: error: {one_line(message)}", file=sys.stderr)
+        report_error(one_line(message), process, interrupted=isinstance(error, KeyboardInterrupt),
+                     consequence=isinstance(error, PeerProcessFailed))
         return 2
     if process.is_main:
         if results.get("skipped_images") or results.get("skipped_calibration_images"):

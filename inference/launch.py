@@ -6,13 +6,15 @@ Every flag of ``inference_sim.py`` is checked here, in one process, as each of t
 would check it (flags, outputs, the tracking store, the devices of every local rank, the data and
 its split into N shares). A problem is one stderr line and exit 2 before torchrun starts anything.
 Then ``torch.distributed.run`` (torchrun) starts N processes of ``inference_sim.py`` with the same
-flags. If a process fails later (say, an image that cannot be decoded), rank 0 prints its one line
-and this launcher exits with that process's code instead of torchrun's ChildFailedError report.
+flags. If a process fails later (say, an image that cannot be decoded), it hands its one line to
+this launcher (``launch_protocol``), which prints the first such line and exits 2 instead of
+torchrun's ChildFailedError report; SIGTERM / Ctrl-C stop every process and print one line.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -70,18 +72,30 @@ def launch(argv: list[str] | None = None) -> int:
 
 
 def start_processes(processes: int, flags: list[str]) -> int:
+    """torchrun's agent in this process; its own reports (closing-signal notices, ChildFailedError)
+    are left out: rank 0 has printed the one line that says what happened."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    from inference.launch_protocol import LAUNCHER_VARIABLE, first_error_line
+
+    for name in [name for name in logging.root.manager.loggerDict if name.startswith("torch.distributed")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ[LAUNCHER_VARIABLE] = "1"
     torchrun_args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={processes}", str(SIMULATOR), *flags])
     try:
         run(torchrun_args)
     except ChildFailedError as failure:
-        codes = [error.exitcode for error in failure.failures.values()]
-        return 2 if 2 in codes else max(codes)
-    except KeyboardInterrupt:
-        print("launch.py: error: interrupted; every process was stopped", file=sys.stderr)
+        line = first_error_line(failure.failures.values())
+        if line is None:  # a process crashed (its traceback is above) or was killed
+            return max(abs(error.exitcode) for error in failure.failures.values())
+        print(f"inference_sim.py: error: {line}", file=sys.stderr)
+        return 2
+    except SignalException as stop:
+        print(f"inference_sim.py: error: stopped by {stop.sigval.name}: every process ended, the mlflow run is "
+              "marked KILLED and no partial file was kept", file=sys.stderr)
         return 2
     return 0
 

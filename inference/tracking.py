@@ -45,7 +45,7 @@ def check_tracking_store(requested: str | None) -> str:
             raise TrackingStoreError(f"mlflow store {uri}: mlflow 3 refuses folder (file:) stores unless "
                                      f"MLFLOW_ALLOW_FILE_STORE=true; {STORE_FIX}")
     else:
-        raise TrackingStoreError(f"mlflow store {uri}: scheme {scheme}: is not supported here; {STORE_FIX}")
+        raise TrackingStoreError(f"mlflow store {uri}: scheme {scheme!r} is not supported here; {STORE_FIX}")
     return uri
 
 

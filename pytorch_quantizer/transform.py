@@ -159,6 +159,9 @@ def check_patterns_match(layer_names: list[str], config: QuantConfig) -> None:
                 examples = ", ".join(layer_names[:2] + ["...", layer_names[-1]]) if layer_names else "none"
                 raise InputError(f"{flag} {pattern} matches no Conv2d / Linear layer of the model (its layers: "
                                  f"{examples}); pass a layer name or an fnmatch pattern such as 'layer1.*'")
+    if layer_names and all(matches(name, config.keep_fp) for name in layer_names):
+        raise InputError(f"--keep-fp {' '.join(config.keep_fp)} leaves every Conv2d / Linear layer in float, so nothing "
+                         "is quantized; narrow the patterns, or drop --qtype / -qw for an FP32 run")
 
 
 @dataclass

@@ -188,6 +188,7 @@ def test_undecodable_images_name_the_file(run_cli, tmp_path, bad_name, bad_conte
     (("-c", "laplace"), "-c has no effect"),
     (("--keep-8bit", ""), "--keep-8bit ''"),
     (("--qtype", "int4", "--keep-8bit", "conv_1"), "--keep-8bit conv_1 matches no"),
+    (("--qtype", "int4", "--keep-fp", "*"), "leaves every Conv2d / Linear layer in float"),
     (("--q_off", "-sm", "collect", "-baa", "-bata", "3"), "--q_off"),
     (("--qtype", "int4", "-cs", "100"), "-cs 100"),
     (("--qtype", "int4", "-pcq_a", "-baa", "-bata", "9"), "-bata 9"),
@@ -310,3 +311,14 @@ def test_undecodable_calibration_images_are_named_or_skipped_and_counted(run_cli
     assert code == 0, stderr
     recorded = json.loads(results.read_text())
     assert (recorded["skipped_images"], recorded["skipped_calibration_images"]) == (0, 1)
+
+
+def test_launcher_prints_the_line_of_the_process_that_failed(tmp_path):
+    data = imagenet_folder_with(tmp_path, "zbad.JPEG", b"text, not a photo")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "inference" / "launch.py"), "--nproc-per-node", "2",
+                             "-a", "efficientnet_lite0", "--random-init", "-b", "1", "--data", str(data)],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PTQ_KEEP_MALLOC": "1"})
+    # good0, good1, zbad in batches of 1: rank 0 decodes batches 0 and 2 (zbad) while rank 1 waits in a
+    # collective, which fails when rank 0 stops: rank 0's line is the cause and the one printed
+    assert_one_error_line(result.returncode, result.stderr, "error: image file", "zbad.JPEG")
+    assert "ChildFailedError" not in result.stderr
