@@ -343,9 +343,9 @@ def checked_before_work(args: argparse.Namespace, parser: argparse.ArgumentParse
     from inference.tracking import check_tracking_store
     from inference.validation import validate_command_line
 
-    validated = validate_command_line(args, parser)
     for warning in no_op_warnings(args):
         logging.getLogger(__name__).warning(warning)
+    validated = validate_command_line(args, parser)
     if process.is_main:
         check_tracking_store(args.mlflow_uri)
     device = resolve_device(args.device, args.device_ids, process)

@@ -261,19 +261,25 @@ def keys_problem(name: str, missing: list[str], unexpected: list[str]) -> str:
     return ", ".join(parts) + hint
 
 
+def weights_path(name: str, weights: Path | None = None) -> Path:
+    """``weights``, else the registry's weights file of ``name``, which must exist (checked before any work)."""
+    spec = get_model_spec(name)
+    path = weights or spec.default_weights()
+    if weights is None and not path.is_file():
+        raise UserError(f"{name}: weights not found at {path} ({spec.weights_source}); {spec.weights_hint}, "
+                        "or pass --weights PATH, or --random-init for an architecture-only run")
+    return path
+
+
 def create_model(name: str, weights: Path | None = None, random_init: bool = False):
     """Build ``name`` in eval mode with its weights: ``weights`` if given, else the registry's source.
 
     ``random_init`` skips loading (architecture-only runs). Raises UserError when no weights exist
     or they do not fit the architecture (a key, shape or dtype kind of another model).
     """
-    spec = get_model_spec(name)
-    model = spec.build()
+    model = get_model_spec(name).build()
     if not random_init:
-        path = weights or spec.default_weights()
-        if weights is None and not path.is_file():
-            raise UserError(f"{name}: weights not found at {path} ({spec.weights_source}); {spec.weights_hint}, "
-                            "or pass --weights PATH, or --random-init for an architecture-only run")
+        path = weights_path(name, weights)
         state = load_state_dict_file(path)
         refit = "pass weights saved from this architecture"
         problem = fit_problem(state, model.state_dict())

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from inference.errors import UserError
-from inference.models import get_model_spec
+from inference.models import get_model_spec, weights_path
 
 QUANTIZATION_GROUPS = ("quantization (Banner et al. recipe)", "departures from the seed's arithmetic (each off by default)",
                        "activation statistics")
@@ -142,6 +142,8 @@ def validate(args: argparse.Namespace):
     check_clipping_names(args)
     check_outputs(args)
     spec = get_model_spec(args.arch)
+    if not args.random_init:
+        weights_path(args.arch, args.weights)
     calibration_choice(args)
     config = quant_config_from_args(args, spec)
     if config is not None:

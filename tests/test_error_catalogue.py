@@ -322,3 +322,43 @@ def test_launcher_prints_the_line_of_the_process_that_failed(tmp_path):
     # collective, which fails when rank 0 stops: rank 0's line is the cause and the one printed
     assert_one_error_line(result.returncode, result.stderr, "error: image file", "zbad.JPEG")
     assert "ChildFailedError" not in result.stderr
+
+
+def test_a_full_disk_during_a_write_keeps_the_previous_file_and_names_the_target(tmp_path):
+    import errno
+
+    from pytorch_quantizer.errors import InputError
+    from pytorch_quantizer.safe_io import write_atomically
+
+    target = tmp_path / "results.json"
+    target.write_text("previous\n")
+
+    def fill_the_disk(temporary: str) -> None:
+        Path(temporary).write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(InputError, match=f"cannot write {target}: No space left on device"):
+        write_atomically(target, fill_the_disk)
+    assert target.read_text() == "previous\n" and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_failures_are_sorted_by_cause_not_caught_wholesale():
+    import errno
+
+    from mlflow.exceptions import MlflowException
+
+    from inference.cli_errors import user_error_message
+    from inference.errors import Terminated
+    from inference.tracking import TrackingStoreError, store_errors
+
+    with pytest.raises(TrackingStoreError, match="mlflow store sqlite:///x.db failed: the server went away"):
+        with store_errors("sqlite:///x.db"):
+            raise MlflowException("the server went away")
+    assert "lower -b (now 64)" in user_error_message(MemoryError(), 64)
+    assert "lower -b" in user_error_message(torch.OutOfMemoryError("CUDA out of memory"), 64)
+    assert "the disk is full" in user_error_message(OSError(errno.ENOSPC, "No space left", "/data/x.pt"), 8)
+    assert "terminated by SIGTERM" in user_error_message(Terminated("SIGTERM"))
+    assert "Ctrl-C" in user_error_message(KeyboardInterrupt())
+    for bug in (KeyError("b"), IndexError("pop from empty list"), ZeroDivisionError(), OSError(errno.EBADF, "bad fd"),
+                RuntimeError("shape mismatch")):
+        assert user_error_message(bug) is None
