@@ -1,0 +1,70 @@
+"""analysis/report.py in quick mode: one mlflow run per row, resumable, Markdown tables with the
+seed-ordering sentence, and the ImageNet development rows replaced by the foolbox photos (with a
+note) when ../shared is absent."""
+import sqlite3
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "analysis"))
+
+
+def finished_runs(uri: str, experiment: str) -> int:
+    with sqlite3.connect(uri[len("sqlite:///"):]) as connection:
+        return connection.execute("SELECT COUNT(*) FROM runs JOIN experiments USING (experiment_id) "
+                                  "WHERE experiments.name = ? AND status = 'FINISHED'", (experiment,)).fetchone()[0]
+
+
+def test_quick_report_on_fashion_mnist_is_one_run_per_row_and_resumable(tmp_path, capsys, monkeypatch):
+    import report
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--quick", "--models", "fmnist_resnet20", "--no-figures", "--out", str(tmp_path / "report"),
+            "--mlflow-uri", uri, "--experiment", "quick-report"]
+    assert report.main(argv) == 0
+    table = pd.read_csv(tmp_path / "report" / "report.csv")
+    assert list(table["recipe"]) == list(report.QUICK_ROWS)
+    top1 = dict(zip(table["recipe"], table["top1"]))
+    assert top1["FP32"] >= 90 and abs(top1["W8A8"] - top1["FP32"]) <= 1.0
+    assert (table["images"] == 500).all()
+    w8a8 = table[table["recipe"] == "W8A8"].iloc[0]
+    assert w8a8["agreement"] >= 98 and w8a8["act_bits"] == w8a8["weight_bits"] == 8
+    assert finished_runs(uri, "quick-report") == len(report.QUICK_ROWS) + 1  # the rows and the statistics collection
+    markdown = (tmp_path / "report" / "fmnist_resnet20.md").read_text()
+    assert "python analysis/report.py --quick" in markdown and "Seed's ordering: naive" in markdown
+    assert "| W4A4 naive" in markdown
+
+    def must_not_run(*_):
+        pytest.fail("a finished row ran again")
+
+    monkeypatch.setattr(report, "run_row", must_not_run)
+    assert report.main(argv) == 0
+    assert pd.read_csv(tmp_path / "report" / "report.csv").equals(table)
+
+
+def test_without_the_development_photos_the_report_says_so_and_uses_the_foolbox_photos(tmp_path, capsys, monkeypatch):
+    import report
+
+    monkeypatch.setattr(report, "DEVELOPMENT_PHOTOS", tmp_path / "absent")
+    models, notes = report.plan_models(list(report.IMAGENET_MODELS), development_photos=False)
+    assert models == ["efficientnet_lite0"]
+    assert len(notes) == 1 and "ImageNet development rows skipped" in notes[0] and str(tmp_path / "absent") in notes[0]
+    assert report.plan_models(["fmnist_resnet20"], development_photos=False) == (["fmnist_resnet20"], [])
+    assert report.data_flags("efficientnet_lite0", False, quick=True) == ["--calib-holdout", "5", "-b", "15"]
+    assert "--calib-holdout" in report.data_flags("efficientnet_lite0", True, quick=False)
+
+
+def test_the_ordering_sentence_reads_the_rows():
+    import report
+
+    table = pd.DataFrame({"recipe": ["W4A4 naive", report.SEED_FULL, "4-bit activations, 2-std clipping",
+                                     "W4A4 + bias corr (W) only", "the same with offline statistics"],
+                          "top1": [60.0, 73.0, 15.0, 62.0, 74.0]})
+    sentence = report.ordering_sentence(table)
+    assert sentence == ("Seed's ordering: 2-std clipping is far below naive (15.00 vs 60.00); 1 of 1 methods alone "
+                        "lie in (naive 60.00, full 73.00]; offline statistics are within 2 points of the full "
+                        "recipe (74.00).")
