@@ -97,6 +97,10 @@ def result_path(out: Path, arch: str, label: str, argv: list[str]) -> Path:
     return out / arch / f"{slug}.{digest}.json"
 
 
+class RowFailed(Exception):
+    """A row's CLI run exited 2 (its one line is the message); the report stops, finished rows stay."""
+
+
 def run_row(argv: list[str], results: Path, experiment: str, mlflow_uri: str | None) -> dict:
     """One CLI run (its own mlflow run), stdout kept out of the report's; a failure raises with the CLI's line."""
     from inference import inference_sim
@@ -107,7 +111,8 @@ def run_row(argv: list[str], results: Path, experiment: str, mlflow_uri: str | N
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
         code = inference_sim.main([*argv, "-mlexp", experiment, "--results-json", str(results), *tracking])
     if code != 0:
-        raise RuntimeError(f"row failed: {' '.join(argv)}: {errors.getvalue().strip().splitlines()[-1]}")
+        lines = errors.getvalue().strip().splitlines() or [f"exit {code}"]
+        raise RowFailed(f"row {' '.join(argv)} failed: {lines[-1]}")
     return json.loads(results.read_text())
 
 
@@ -118,6 +123,9 @@ def mean_bits(spec: dict | None) -> float:
     if (spec.get("bit_allocation") or spec.get("bin_allocation")) and spec.get("allocation_target"):
         return float(spec["allocation_target"])
     return float(spec["bits"])
+
+
+EMPTY_RESULT = {"quantization": "fp32", "top1": math.nan, "top5": math.nan, "images": 0, "eval_seconds": math.nan}
 
 
 def figures(label: str, result: dict) -> dict:
@@ -157,10 +165,12 @@ def ordering_sentence(table) -> str:
     return "Seed's ordering: " + "; ".join(parts) + "."
 
 
-def markdown(arch: str, table, command: str, source: str) -> str:
+def markdown(arch: str, table, command: str, source: str, planned: tuple[str, ...]) -> str:
     columns = ["recipe", "top1", "top5", "agreement", "kl", "act_bits", "weight_bits", "entropy_act", "seconds"]
     body = table[columns].to_markdown(index=False, floatfmt=".3f")
-    return (f"### {arch}\n\n{source}; produced by `{command}`.\n\n{body}\n\n{ordering_sentence(table)}\n")
+    missing = [label for label in planned if label not in set(table["recipe"])]
+    note = f"\n\nNot run yet: {'; '.join(missing)}." if missing else ""
+    return f"### {arch}\n\n{source}; produced by `{command}`.\n\n{body}{note}\n\n{ordering_sentence(table)}\n"
 
 
 def evaluated_source(arch: str, development_photos: bool, quick: bool) -> str:
@@ -183,14 +193,16 @@ def run_model(arch: str, args: argparse.Namespace, development_photos: bool, bar
         flags = ROWS[label]
         argv = row_argv(arch, flags, data, stats_folder)
         path = result_path(args.out, arch, label, argv)
+        bar.update(1)
+        if args.finished_only and not path.exists():
+            continue
         if not path.exists() and "-sm use" in flags and not list(stats_folder.glob("*.stats.pt")):
             run_row(collect, result_path(args.out, arch, "collect statistics", collect), args.experiment,
                     args.mlflow_uri)
         result = json.loads(path.read_text()) if path.exists() else run_row(argv, path, args.experiment,
                                                                              args.mlflow_uri)
         rows.append(figures(label, result))
-        bar.update(1)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(figures("", EMPTY_RESULT)))
 
 
 def figure_scripts(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -214,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="report", help="mlflow experiment of the rows (default: report)")
     parser.add_argument("--mlflow-uri", default=None, help="mlflow store (default: the CLI's)")
     parser.add_argument("--quick", action="store_true", help="five rows, 500 / 40 / 15 images (tests, CI)")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="tables of the rows already run only (nothing runs; the tables say which rows are missing)")
     parser.add_argument("--no-figures", dest="figures", action="store_false",
                         help="only the recipe tables, not the three figure scripts")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -227,11 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     with tqdm(total=len(models) * len(QUICK_ROWS if args.quick else ROWS), desc="report", unit="row") as bar:
         for arch in models:
-            table = run_model(arch, args, development_photos, bar)
-            (args.out / f"{arch}.md").write_text(markdown(arch, table, command,
-                                                          evaluated_source(arch, development_photos, args.quick)))
+            try:
+                table = run_model(arch, args, development_photos, bar)
+            except RowFailed as failure:
+                print(f"report.py: error: {failure}; the finished rows are kept: run the same command again to "
+                      "resume", file=sys.stderr)
+                return 2
+            text = markdown(arch, table, command, evaluated_source(arch, development_photos, args.quick),
+                            QUICK_ROWS if args.quick else tuple(ROWS))
+            (args.out / f"{arch}.md").write_text(text)
             tables.append(table.assign(model=arch))
-            print(markdown(arch, table, command, evaluated_source(arch, development_photos, args.quick)))
+            print(text)
     pd.concat(tables).to_csv(args.out / "report.csv", index=False)
     if args.figures:
         for script, script_argv in figure_scripts(args).items():
