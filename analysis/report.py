@@ -90,9 +90,11 @@ def row_argv(arch: str, flags: str, data: list[str], stats_folder: Path) -> list
 
 
 def result_path(out: Path, arch: str, label: str, argv: list[str]) -> Path:
-    """Where a row's results JSON lives: named by the row and a digest of its exact flags, so a
-    changed row runs again and an unchanged one is reused."""
-    digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:10]
+    """Where a row's results JSON lives: named by the row and a digest of its exact flags (with the
+    output folder and the folder beside the repository as placeholders, so a checkout elsewhere
+    finds it), so a changed row runs again and an unchanged one is reused."""
+    portable = [arg.replace(str(out), "<out>").replace(str(REPO_ROOT.parent), "<root>") for arg in argv]
+    digest = hashlib.sha256(json.dumps(portable).encode()).hexdigest()[:10]
     slug = "".join(char if char.isalnum() else "_" for char in label.lower()).strip("_")
     return out / arch / f"{slug}.{digest}.json"
 
