@@ -34,8 +34,11 @@ def run_statuses(uri: str) -> list[str]:
     path = uri[len("sqlite:///"):]
     if not Path(path).exists():
         return []
-    with sqlite3.connect(path) as connection:
-        return [status for (status,) in connection.execute("SELECT status FROM runs")]
+    try:
+        with sqlite3.connect(path) as connection:
+            return [status for (status,) in connection.execute("SELECT status FROM runs")]
+    except sqlite3.OperationalError:  # mlflow is still creating its tables
+        return []
 
 
 @pytest.fixture(scope="module")
