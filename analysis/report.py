@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import hashlib
 import io
 import json
@@ -191,7 +192,7 @@ def run_model(arch: str, args: argparse.Namespace, development_photos: bool, bar
     stats_folder = args.out / arch / "statistics"
     collect = ["-a", arch, "-p", "0", "-sf", str(stats_folder), *data, *COLLECT.split(), "-b", "1", "-ss", "1"]
     rows = []
-    for label in (QUICK_ROWS if args.quick else ROWS):
+    for label in planned_rows(args):
         flags = ROWS[label]
         argv = row_argv(arch, flags, data, stats_folder)
         path = result_path(args.out, arch, label, argv)
@@ -205,6 +206,21 @@ def run_model(arch: str, args: argparse.Namespace, development_photos: bool, bar
                                                                              args.mlflow_uri)
         rows.append(figures(label, result))
     return pd.DataFrame(rows, columns=list(figures("", EMPTY_RESULT)))
+
+
+def planned_rows(args: argparse.Namespace) -> tuple[str, ...]:
+    """The rows of every model: all (five with --quick) less those matching a --skip-rows pattern."""
+    return tuple(label for label in (QUICK_ROWS if args.quick else ROWS)
+                 if not any(fnmatch.fnmatchcase(label, pattern) for pattern in args.skip_rows))
+
+
+def check_skip_patterns(patterns: list[str]) -> str | None:
+    """The error of a --skip-rows pattern that names no row (a typo would silently run everything)."""
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(label, pattern) for label in ROWS):
+            return (f"--skip-rows {pattern!r} matches no row; the rows are: {'; '.join(ROWS)} "
+                    "(shell-style patterns, e.g. '*kld*')")
+    return None
 
 
 def figure_scripts(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -232,8 +248,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="tables of the rows already run only (nothing runs; the tables say which rows are missing)")
     parser.add_argument("--no-figures", dest="figures", action="store_false",
                         help="only the recipe tables, not the three figure scripts")
+    parser.add_argument("--skip-rows", nargs="+", default=[], metavar="PATTERN",
+                        help="leave out the rows whose label matches a shell-style pattern (e.g. '*mse*' '*kld*': "
+                             "the slow on-the-fly clippings); the tables list them as not run")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if (problem := check_skip_patterns(args.skip_rows)) is not None:
+        parser.error(problem)
     command = " ".join(["python analysis/report.py", *argv])
     development_photos = DEVELOPMENT_PHOTOS.is_dir()
     default_models = ["fmnist_resnet20", "efficientnet_lite0"] if args.quick else [*FMNIST_MODELS, *IMAGENET_MODELS]
@@ -241,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(note)
     tables = []
-    with tqdm(total=len(models) * len(QUICK_ROWS if args.quick else ROWS), desc="report", unit="row") as bar:
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(models) * len(planned_rows(args)), desc="report", unit="row") as bar:
         for arch in models:
             try:
                 table = run_model(arch, args, development_photos, bar)

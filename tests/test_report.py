@@ -68,3 +68,31 @@ def test_the_ordering_sentence_reads_the_rows():
     assert sentence == ("Seed's ordering: 2-std clipping is far below naive (15.00 vs 60.00); 1 of 1 methods alone "
                         "lie in (naive 60.00, full 73.00]; offline statistics are within 2 points of the full "
                         "recipe (74.00).")
+
+
+def test_skipped_rows_are_not_run_and_the_table_lists_them_as_not_run(tmp_path, monkeypatch):
+    import report
+
+    ran = []
+
+    def fake_row(argv, results, experiment, mlflow_uri):
+        ran.append(argv)
+        return {**report.EMPTY_RESULT, "top1": 90.0, "top5": 99.0, "images": 10, "eval_seconds": 1.0}
+
+    monkeypatch.setattr(report, "run_row", fake_row)
+    out = tmp_path / "report"
+    assert report.main(["--models", "fmnist_resnet20", "--no-figures", "--out", str(out),
+                        "--skip-rows", "*mse clipping", "*kld*"]) == 0
+    table = pd.read_csv(out / "report.csv")
+    assert list(table["recipe"]) == [label for label in report.ROWS if "mse" not in label and "kld" not in label]
+    assert len([argv for argv in ran if "collect" not in argv]) == len(report.ROWS) - 2
+    assert "Not run yet: W4A4 + mse clipping; W4A4 + kld clipping." in (out / "fmnist_resnet20.md").read_text()
+
+
+def test_a_skip_pattern_matching_no_row_is_refused(capsys):
+    import report
+
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--skip-rows", "*kdl*", "--no-figures"])
+    assert exit_info.value.code == 2
+    assert "--skip-rows '*kdl*' matches no row" in capsys.readouterr().err
