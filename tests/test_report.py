@@ -96,3 +96,19 @@ def test_a_skip_pattern_matching_no_row_is_refused(capsys):
         report.main(["--skip-rows", "*kdl*", "--no-figures"])
     assert exit_info.value.code == 2
     assert "--skip-rows '*kdl*' matches no row" in capsys.readouterr().err
+
+
+def test_quick_report_without_the_development_photos_runs_the_foolbox_photos_and_says_why(tmp_path, capsys,
+                                                                                          monkeypatch):
+    import report
+
+    monkeypatch.setattr(report, "DEVELOPMENT_PHOTOS", tmp_path / "absent")
+    out = tmp_path / "report"
+    assert report.main(["--quick", "--models", "efficientnet_lite0", "efficientnet_lite2", "--no-figures",
+                        "--out", str(out), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+    printed = capsys.readouterr().out
+    assert f"ImageNet development rows skipped: {tmp_path / 'absent'} does not exist" in printed
+    table = pd.read_csv(out / "report.csv")
+    assert set(table["model"]) == {"efficientnet_lite0"} and (table["images"] == 15).all()
+    assert list(table["recipe"]) == list(report.QUICK_ROWS)
+    assert "the 20 ImageNet photos shipped in foolbox" in (out / "efficientnet_lite0.md").read_text()
