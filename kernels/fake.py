@@ -28,6 +28,17 @@ def quantized_like(x, p0, p1, p2, axis, seed, stochastic):
     return torch.empty_like(x)
 
 
+def threshold_quant(x, scale, thresholds, values, axis):
+    """Same shape and strides as x; the tables are 1-D with K - 1 thresholds and K values."""
+    _check(x, axis)
+    torch._check(thresholds.dim() == 1 and values.dim() == 1,
+                 lambda: "threshold_quant: thresholds and values must be 1-d")
+    torch._check(values.shape[0] == thresholds.shape[0] + 1,
+                 lambda: f"threshold_quant: values has {values.shape[0]} elements and thresholds "
+                         f"{thresholds.shape[0]}; K levels need K - 1 thresholds")
+    return torch.empty_like(x)
+
+
 def channel_stats(x, axis):
     """(min, max) float32 and (sum, sum of squares) float64, one entry per channel."""
     _check(x, axis)
@@ -52,6 +63,7 @@ def register() -> None:
     """Register the fake kernels (once per process)."""
     for name in QUANTIZE_OPS:
         torch.library.register_fake(f"ptq_kernels::{name}")(quantized_like)
+    torch.library.register_fake("ptq_kernels::threshold_quant")(threshold_quant)
     torch.library.register_fake("ptq_kernels::channel_stats")(channel_stats)
     torch.library.register_fake("ptq_kernels::channel_mean_abs_dev")(channel_mean_abs_dev)
     torch.library.register_fake("ptq_kernels::code_histogram")(code_histogram)

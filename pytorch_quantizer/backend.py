@@ -165,6 +165,26 @@ def mid_tread_codes(x: torch.Tensor, center: torch.Tensor, alpha: torch.Tensor, 
     return codes, step
 
 
+def threshold_quantize(x: torch.Tensor, scale: torch.Tensor, thresholds: torch.Tensor, values: torch.Tensor,
+                       axis: int | None = None) -> torch.Tensor:
+    """Level-set quantization x_hat = s * values[#{j : t_j <= x / s}] (see primitives.threshold_quantize),
+    per tensor or with one scale per channel of ``axis``; thresholds and values are shared by all channels."""
+    if not _use_kernels(x):
+        return primitives.threshold_quantize(x, scale, thresholds, values, axis)
+    op_axis = _axis(x, axis)
+    (scale_vector,) = _channel_vectors(x, op_axis, scale)
+    tables = [torch.as_tensor(t, dtype=torch.float32, device=x.device).contiguous() for t in (thresholds, values)]
+    return torch.ops.ptq_kernels.threshold_quant(x.float(), scale_vector, *tables, op_axis).to(x.dtype)
+
+
+def quantize_to_levels(x: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor,
+                       axis: int | None = None) -> torch.Tensor:
+    """Nearest-level quantization s * l_k, l_k the level nearest to x / s (a tie goes to the upper level):
+    ``threshold_quantize`` with the sorted levels and their midpoints as thresholds."""
+    levels = torch.sort(torch.as_tensor(levels, dtype=torch.float32, device=x.device).reshape(-1)).values
+    return threshold_quantize(x, scale, primitives.midpoint_thresholds(levels), levels, axis)
+
+
 def reference_code_histogram(codes: torch.Tensor, low: int, num_bins: int, axis: int | None = None) -> torch.Tensor:
     """Counts of round(code) - low in [0, num_bins) (others are not counted): shape (num_bins,),
     or (channels, num_bins) per channel of ``axis``; int64."""

@@ -19,6 +19,11 @@ Mid-tread quantization with a real number of bins B around a centre c with clipp
     K = floor((B - 1) / 2), step = alpha / K
     q = clamp(round((x - c) / step), -K, K), x_hat = c + q * step   (x_hat = c where K = 0)
 
+Level-set (non-uniform) quantization with a scale s per channel, K levels v_0..v_{K-1} and K - 1
+sorted thresholds t_0 <= ... <= t_{K-2} shared by all channels:
+
+    u = x / s, k = #{j : t_j <= u}, x_hat = s * v_k
+
 Per-channel parameters are 1-D tensors broadcast along ``axis``.
 """
 from __future__ import annotations
@@ -149,3 +154,44 @@ def fake_quantize_mid_tread(x: torch.Tensor, center: torch.Tensor, alpha: torch.
     shape = broadcast_shape(x, axis)
     q, step = mid_tread_codes(x, center, alpha, bins, axis, generator)
     return (center.reshape(shape) + q * step.reshape(shape)).to(x.dtype)
+
+
+def _check_level_set(thresholds: torch.Tensor, values: torch.Tensor) -> None:
+    if thresholds.dim() != 1 or values.dim() != 1:
+        raise ValueError(f"thresholds and values must be 1-d, got {thresholds.dim()} and {values.dim()} dims")
+    if values.numel() != thresholds.numel() + 1:
+        raise ValueError(f"values has {values.numel()} elements and thresholds {thresholds.numel()}; "
+                         "K levels need K - 1 thresholds")
+    if thresholds.isnan().any() or (thresholds[1:] < thresholds[:-1]).any():
+        raise ValueError("thresholds must be sorted ascending, with no NaN")
+
+
+def threshold_quantize(x: torch.Tensor, scale: torch.Tensor, thresholds: torch.Tensor, values: torch.Tensor,
+                       axis: int | None = None) -> torch.Tensor:
+    """Level-set quantization: per tensor, or with one scale s per channel of ``axis``,
+
+        u = x / s                      (a true division, not x * (1/s))
+        k = #{j : t_j <= u}            (torch.searchsorted(t, u, right=True): a tie goes up)
+        x_hat = s * values[k]
+
+    thresholds t (K - 1, sorted ascending) and values (K) are 1-D float32 and shared by all channels.
+    A NaN u (NaN x or s) gives u; s = 0 gives 0 (a NaN x stays NaN) instead of 0 / 0.
+    """
+    thresholds = torch.as_tensor(thresholds, dtype=torch.float32, device=x.device)
+    values = torch.as_tensor(values, dtype=torch.float32, device=x.device)
+    _check_level_set(thresholds, values)
+    xf = x.float()
+    s = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    s = s.reshape(()) if s.numel() == 1 else s.reshape(broadcast_shape(x, axis))
+    u = (xf / s).contiguous()
+    y = torch.where(torch.isnan(u), u, s * values[torch.searchsorted(thresholds, u, right=True)])
+    y = torch.where(s == 0, torch.where(torch.isnan(xf), xf, 0.0), y)
+    return y.to(x.dtype)
+
+
+def midpoint_thresholds(levels: torch.Tensor) -> torch.Tensor:
+    """The K - 1 midpoints (l_i + l_{i+1}) / 2 of sorted levels l_0 <= ... <= l_{K-1}, rounded once to
+    float32 (summed in float64: no overflow). With them ``threshold_quantize(x, s, t, levels)`` sends
+    u = x / s to its nearest level, a tie (u exactly on a midpoint) to the upper one."""
+    levels = torch.as_tensor(levels, dtype=torch.float32).reshape(-1)
+    return ((levels[:-1].double() + levels[1:].double()) / 2).float()

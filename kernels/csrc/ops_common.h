@@ -78,6 +78,43 @@ inline void check_mean_abs_dev_inputs(const at::Tensor& x, const at::Tensor& mea
   TORCH_CHECK(x.numel() > 0, "channel_mean_abs_dev: x is empty");
 }
 
+// threshold_quant's tables: K levels and K - 1 thresholds, shared by all channels.
+constexpr int64_t kMaxLevels = int64_t{1} << 16;
+
+struct LevelSet {
+  at::Tensor scale, thresholds, values;  // contiguous, on x's device
+};
+
+inline void check_table(const at::Tensor& p, const char* name, const at::Tensor& x) {
+  TORCH_CHECK(p.scalar_type() == at::kFloat, "threshold_quant: ", name, " must be float32, got ", p.scalar_type());
+  TORCH_CHECK(p.device() == x.device(), "threshold_quant: ", name, " is on ", p.device(), " but x is on ", x.device());
+  TORCH_CHECK(p.dim() == 1, "threshold_quant: ", name, " must be 1-d, got ", p.dim(), " dims");
+}
+
+// threshold_quant's inputs checked and made contiguous. Sortedness is checked on a host copy of the
+// thresholds (on CUDA, one small device-to-host copy: the op's only synchronisation).
+inline LevelSet checked_level_set(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& thresholds,
+                                  const at::Tensor& values, int64_t axis) {
+  const char* op = "threshold_quant";
+  check_input(x, axis, op);
+  check_float_vector(scale, "scale", x, axis, op);
+  check_table(thresholds, "thresholds", x);
+  check_table(values, "values", x);
+  TORCH_CHECK(values.numel() == thresholds.numel() + 1, op, ": values has ", values.numel(),
+              " elements and thresholds ", thresholds.numel(), "; K levels need K - 1 thresholds");
+  TORCH_CHECK(values.numel() <= kMaxLevels, op, ": ", values.numel(), " levels; at most ", kMaxLevels,
+              " are supported");
+  LevelSet set{scale.contiguous(), thresholds.contiguous(), values.contiguous()};
+  const at::Tensor host = set.thresholds.cpu();
+  const float* t = host.data_ptr<float>();
+  for (int64_t j = 0; j < host.numel(); ++j) {
+    TORCH_CHECK(t[j] == t[j], op, ": thresholds[", j, "] is NaN");
+    TORCH_CHECK(j == 0 || t[j - 1] <= t[j], op, ": thresholds must be sorted ascending, but thresholds[", j,
+                "] = ", t[j], " < thresholds[", j - 1, "] = ", t[j - 1]);
+  }
+  return set;
+}
+
 // The names of the three per-channel parameter vectors of each quantizer, for error messages.
 inline constexpr const char* kGemmlowpNames[3] = {"scale", "zero_point", "qmax"};
 inline constexpr const char* kMidTreadNames[3] = {"center", "alpha", "bins"};

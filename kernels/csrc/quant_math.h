@@ -141,4 +141,29 @@ struct AbsDevAcc {
   PTQ_HD void merge(const AbsDevAcc& o) { sum += o.sum; }
 };
 
+// Level-set (non-uniform) quantization with K levels v[0..K-1] and K - 1 sorted thresholds t:
+//   u = x / s (a true division), k = #{j : t_j <= u} (binary search; ties go up),
+//   x_hat = s * v[k];  NaN u (NaN x or s) gives u, s == 0 gives 0 (a NaN x stays x).
+// count_at_most is std::upper_bound's index: the number of t_j with u >= t_j.
+PTQ_HD int32_t count_at_most(float u, const float* t, int32_t n) {
+  int32_t first = 0;
+  while (n > 0) {
+    const int32_t half = n / 2;
+    if (u >= t[first + half]) {
+      first += half + 1;
+      n -= half + 1;
+    } else {
+      n = half;
+    }
+  }
+  return first;
+}
+
+PTQ_HD float threshold_quantize_one(float x, float s, const float* t, int32_t num_thresholds, const float* v) {
+  if (s == 0.0f) return x != x ? x : 0.0f;
+  const float u = x / s;
+  if (u != u) return u;
+  return s * v[count_at_most(u, t, num_thresholds)];
+}
+
 }  // namespace ptq

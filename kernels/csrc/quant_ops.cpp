@@ -1,5 +1,6 @@
-// ptq_kernels: fused fake quantization, integer codes, code histograms and one-pass channel
-// statistics. This file holds the op schemas and the CPU kernels; quant_math.h holds the formulas.
+// ptq_kernels: fused fake quantization, integer codes, level-set (threshold) quantization, code
+// histograms and one-pass channel statistics. This file holds the op schemas and the CPU kernels;
+// quant_math.h holds the formulas.
 //
 // Conventions of every op: x is float32; axis = -1 means per tensor (parameters of one element),
 // else parameters are 1-D with one entry per channel of `axis`. Outputs keep x's memory format.
@@ -132,6 +133,45 @@ struct CpuQuantize {
   template <class Op, class... Args>
   static at::Tensor run(Args&&... args) { return quantize_cpu<Op>(std::forward<Args>(args)...); }
 };
+
+// Level-set quantization (threshold_quantize_one) of n elements with scales s[j], or one scale
+// (s_step = 0): the row and run loops of threshold_quant.
+void threshold_elements(const float* __restrict__ x, float* __restrict__ y, int64_t n, const float* s, int64_t s_step,
+                        const float* t, int32_t num_thresholds, const float* v) {
+  for (int64_t j = 0; j < n; ++j) y[j] = threshold_quantize_one(x[j], s[j * s_step], t, num_thresholds, v);
+}
+
+at::Tensor threshold_quant(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& thresholds,
+                           const at::Tensor& values, int64_t axis) {
+  const LevelSet set = checked_level_set(x, scale, thresholds, values, axis);
+  const DensePair dp = dense_pair(x);
+  const Layout lay = layout_of(dp.src, axis);
+  const float* src = dp.src.data_ptr<float>();
+  float* out = dp.out.data_ptr<float>();
+  const float* s = set.scale.data_ptr<float>();
+  const float *t = set.thresholds.data_ptr<float>(), *v = set.values.data_ptr<float>();
+  const auto num_thresholds = static_cast<int32_t>(set.thresholds.numel());
+  if (use_rows(lay)) {
+    const int64_t row = lay.row();
+    std::vector<float> row_scale(row);
+    for (int64_t j = 0; j < row; ++j) row_scale[j] = s[j / lay.inner];
+    at::parallel_for(0, lay.outer, std::max<int64_t>(1, kGrain / row), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        threshold_elements(src + r * row, out + r * row, row, row_scale.data(), 1, t, num_thresholds, v);
+      }
+    });
+    return dp.out;
+  }
+  at::parallel_for(0, lay.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t block = i / lay.inner;
+      const int64_t stop = std::min(end, (block + 1) * lay.inner);
+      threshold_elements(src + i, out + i, stop - i, s + block % lay.channels, 0, t, num_thresholds, v);
+      i = stop;
+    }
+  });
+  return dp.out;
+}
 
 // Accumulators at n positions, one array per field so that the update loop vectorises.
 struct MomentsLanes {
@@ -331,6 +371,7 @@ TORCH_LIBRARY(ptq_kernels, m) {
   m.def("quant_codes(Tensor x, Tensor scale, Tensor zero_point, Tensor qmax, int axis, int seed, bool stochastic) -> Tensor");
   m.def("fake_quant_mid_tread(Tensor x, Tensor center, Tensor alpha, Tensor bins, int axis, int seed, bool stochastic) -> Tensor");
   m.def("mid_tread_codes(Tensor x, Tensor center, Tensor alpha, Tensor bins, int axis, int seed, bool stochastic) -> Tensor");
+  m.def("threshold_quant(Tensor x, Tensor scale, Tensor thresholds, Tensor values, int axis) -> Tensor");
   m.def("code_histogram(Tensor codes, int low, int num_bins, int axis) -> Tensor");
   m.def("channel_stats(Tensor x, int axis) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("channel_mean_abs_dev(Tensor x, Tensor mean, int axis) -> Tensor");
@@ -341,6 +382,7 @@ TORCH_LIBRARY_IMPL(ptq_kernels, CPU, m) {
   m.impl("quant_codes", &ptq::QuantizeOps<ptq::CpuQuantize>::quant_codes);
   m.impl("fake_quant_mid_tread", &ptq::QuantizeOps<ptq::CpuQuantize>::fake_quant_mid_tread);
   m.impl("mid_tread_codes", &ptq::QuantizeOps<ptq::CpuQuantize>::mid_tread_codes);
+  m.impl("threshold_quant", &ptq::threshold_quant);
   m.impl("code_histogram", &ptq::code_histogram);
   m.impl("channel_stats", &ptq::channel_stats);
   m.impl("channel_mean_abs_dev", &ptq::channel_mean_abs_dev);

@@ -118,6 +118,65 @@ struct CudaQuantize {
   static at::Tensor run(Args&&... args) { return quantize_cuda<Op>(std::forward<Args>(args)...); }
 };
 
+// ---- level-set quantization: the tables (K - 1 thresholds, then K values) are staged in shared
+// memory when they fit, else read from global memory (through the cache).
+
+constexpr int64_t kSharedTableFloats = 4096;
+
+template <bool Shared, class Index>
+__global__ void threshold_kernel(const float* __restrict__ x, float* __restrict__ y, Index n, Index inner,
+                                 Index channels, const float* __restrict__ scale,
+                                 const float* __restrict__ thresholds, const float* __restrict__ values,
+                                 int32_t num_thresholds) {
+  extern __shared__ float table[];
+  const float* t = thresholds;
+  const float* v = values;
+  if (Shared) {
+    for (int32_t j = threadIdx.x; j < 2 * num_thresholds + 1; j += blockDim.x) {
+      table[j] = j < num_thresholds ? thresholds[j] : values[j - num_thresholds];
+    }
+    __syncthreads();
+    t = table;
+    v = table + num_thresholds;
+  }
+  const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
+  for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float s = scale[channels > 1 ? (i / inner) % channels : 0];
+    y[i] = threshold_quantize_one(x[i], s, t, num_thresholds, v);
+  }
+}
+
+template <class Index>
+void launch_threshold(const float* x, float* y, const Layout& lay, const LevelSet& set) {
+  const auto num_thresholds = static_cast<int32_t>(set.thresholds.numel());
+  const int64_t table_floats = 2 * int64_t{num_thresholds} + 1;
+  const bool shared = table_floats <= kSharedTableFloats;
+  const auto grid = static_cast<unsigned>(grid_for(lay.numel()));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto kernel = shared ? threshold_kernel<true, Index> : threshold_kernel<false, Index>;
+  kernel<<<grid, kThreads, shared ? table_floats * sizeof(float) : 0, stream>>>(
+      x, y, static_cast<Index>(lay.numel()), static_cast<Index>(lay.inner), static_cast<Index>(lay.channels),
+      set.scale.data_ptr<float>(), set.thresholds.data_ptr<float>(), set.values.data_ptr<float>(), num_thresholds);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor threshold_quant(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& thresholds,
+                           const at::Tensor& values, int64_t axis) {
+  const LevelSet set = checked_level_set(x, scale, thresholds, values, axis);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const DensePair dp = dense_pair(x);
+  const Layout lay = layout_of(dp.src, axis);
+  if (lay.numel() == 0) return dp.out;
+  const float* src = dp.src.data_ptr<float>();
+  float* out = dp.out.data_ptr<float>();
+  if (lay.numel() < (int64_t{1} << 31)) {
+    launch_threshold<uint32_t>(src, out, lay, set);
+  } else {
+    launch_threshold<int64_t>(src, out, lay, set);
+  }
+  return dp.out;
+}
+
 // ---- per-channel reductions: partial accumulators per block, then one thread per channel folds
 // them in a fixed order (deterministic for a given device).
 
@@ -331,6 +390,7 @@ TORCH_LIBRARY_IMPL(ptq_kernels, CUDA, m) {
   m.impl("quant_codes", &ptq::QuantizeOps<ptq::CudaQuantize>::quant_codes);
   m.impl("fake_quant_mid_tread", &ptq::QuantizeOps<ptq::CudaQuantize>::fake_quant_mid_tread);
   m.impl("mid_tread_codes", &ptq::QuantizeOps<ptq::CudaQuantize>::mid_tread_codes);
+  m.impl("threshold_quant", &ptq::threshold_quant);
   m.impl("code_histogram", &ptq::code_histogram);
   m.impl("channel_stats", &ptq::channel_stats);
   m.impl("channel_mean_abs_dev", &ptq::channel_mean_abs_dev);
