@@ -46,18 +46,31 @@ def departures_from_args(args: argparse.Namespace):
     return Departures(**{field: getattr(args, field) for _, field, _ in DEPARTURE_FLAGS})
 
 
+def other_seeds_kind(text: str | None) -> bool:
+    """Whether a --qtype / -qw text names one of the other seeds' kinds (apot4, binary, ...)."""
+    from pytorch_quantizer.kinds import KIND_PATTERN, list_kinds
+
+    match = KIND_PATTERN.match(text or "")
+    return bool(match) and match.group(1) in {info.name for info in list_kinds() if not info.grid}
+
+
 def act_quant_point(args: argparse.Namespace) -> str:
+    """--act-quant-point, else GEMM inputs with --improved or an other seed's --qtype (they
+    quantize what each GEMM reads), else the seed's outputs."""
     if args.act_quant_point is not None:
         return args.act_quant_point
-    return "input" if args.improved else "output"
+    return "input" if args.improved or other_seeds_kind(args.qtype) else "output"
 
 
 def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> None:
     group = parser.add_argument_group("quantization (Banner et al. recipe)")
     group.add_argument("--qtype", default=None,
-                       help="activation quantization, intN (N = 1..16) or f32 (default: no quantization)")
+                       help="activation quantization: intN (N = 1..16), or the other seeds' uniformN, potN, apotN, "
+                            "dorefaN, n2uqN, binary (per tensor at GEMM inputs, calibrated on calibration images), "
+                            "or f32 (default: no quantization)")
     group.add_argument("-qw", "--qweight", default=None,
-                       help="weight quantization: intN, kmeansN or f32 (default: int8 when --qtype is given, else f32)")
+                       help="weight quantization: intN, kmeansN, or the other seeds' uniformN, potN, apotN, dorefaN, "
+                            "n2uqN, binary, ternary, or f32 (default: int8 when --qtype is given, else f32)")
     group.add_argument("--q_off", "--q-off", dest="q_off", action="store_true",
                        help="disable quantization: FP32 through the same pipeline (BN folded)")
     group.add_argument("-pcq_w", "--per-channel-weights", dest="pcq_w", action="store_true", help="per-channel weight quantization")
@@ -127,13 +140,13 @@ def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> Non
                        help="calibration images for -sm collect, -ac and -bca (default: 5120)")
 
 
-def parse_bits(text: str | None, flag: str, allow_kmeans: bool = False):
+def parse_bits(text: str | None, flag: str, for_weights: bool = False):
     from pytorch_quantizer.config import parse_qtype
 
     if text is None or text == "f32":
         return None
     try:
-        return parse_qtype(text, allow_kmeans)
+        return parse_qtype(text, for_weights)
     except ValueError as error:
         raise UserError(f"{flag} {text}: {error}") from None
 
@@ -152,7 +165,7 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
 
     activation_bits = parse_bits(args.qtype, "--qtype")
     weight_text = args.qweight if args.qweight is not None else ("int8" if args.qtype not in (None, "f32") else None)
-    weight_bits = parse_bits(weight_text, "-qw", allow_kmeans=True)
+    weight_bits = parse_bits(weight_text, "-qw", for_weights=True)
     if args.q_off:
         return None
     problems = [f"{flag} {target:g}: the mean bits of an allocation must be within (0, {MAX_ALLOCATION_TARGET}]"
@@ -160,6 +173,9 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
                 if target is not None and target > MAX_ALLOCATION_TARGET]
     if args.sm != "no" and activation_bits is None:
         problems.append(f"-sm {args.sm} concerns activation statistics: add --qtype intN")
+    if args.sm != "no" and activation_bits is not None and not activation_bits[0].grid:
+        problems.append(f"-sm {args.sm} stores GEMMLOWP statistics; {args.qtype} activations calibrate on the "
+                        "calibration images in every run: drop -sm")
     if args.baa and activation_bits is None:
         problems.append("-baa needs quantized activations (--qtype intN)")
     if args.baw and (weight_bits is None or weight_bits[0] != WeightKind.INT):
@@ -189,7 +205,7 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
         activations = None if activation_bits is None else TensorQuantSpec(
             activation_bits[1], args.pcq_a, clipping, bit_allocation=args.baa and args.pcq_a,
             allocation_target=args.bata if args.pcq_a else None,
-            bin_allocation=args.mtq and args.bata is not None and args.pcq_a)
+            bin_allocation=args.mtq and args.bata is not None and args.pcq_a, kind=activation_bits[0])
         weights = None if weight_bits is None else TensorQuantSpec(
             weight_bits[1], args.pcq_w, args.weight_clipping, bit_allocation=args.baw and args.pcq_w,
             allocation_target=args.batw if args.pcq_w else None,

@@ -40,6 +40,7 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
     Under torchrun (``options.process``) calibration batches are split over the processes and
     their statistics merged exactly before use; only rank 0 writes the statistics file."""
     from pytorch_quantizer.activation_bias import fold_activation_bias
+    from pytorch_quantizer.families import CALIBRATED_ACTIVATIONS, calibrate_activations
     from pytorch_quantizer.stats_io import StatisticsFile, load_statistics, save_statistics
     from pytorch_quantizer.transform import QuantizedModel
 
@@ -52,7 +53,10 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
         result = SimulationResult(EvalResult(0, 0, 0, 0), "on the fly (each evaluated batch)")
         calibration = None
         folded_bca = args.bca and config.departures.bca_folded
-        if args.sm == "collect" or args.ac or folded_bca:
+        family_calibration = config.activations is not None and config.activations.kind in CALIBRATED_ACTIVATIONS
+        if family_calibration and process.distributed:
+            raise UserError(f"{args.qtype} activations are calibrated in one process: run without torchrun")
+        if args.sm == "collect" or args.ac or folded_bca or family_calibration:
             calibration = data.calibration_loader(options)
             calibration_batches = progress(calibration.loader, "calibration", process.is_main)
             result.calibration, result.calibration_overlaps_eval = calibration.source, calibration.overlaps_eval
@@ -80,6 +84,10 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
                 result.statistics_file = str(path)
             quantized.use_statistics(reduced(accumulators, args.sk, quantized.kept_layers()))
             result.statistics = f"calibrated on {images} images of {calibration.source}"
+        if family_calibration:
+            quantized.use_family_plans(calibrate_activations(
+                quantized, progress(calibration.loader, "calibration", process.is_main), device))
+            result.statistics = f"{args.qtype} calibrated on {calibration.images} images of {calibration.source}"
         if folded_bca:
             fold_activation_bias(quantized, progress(calibration.loader, "bias correction", process.is_main), device,
                                  process.sum)

@@ -105,7 +105,10 @@ def check_no_effect(args: argparse.Namespace, parser: argparse.ArgumentParser, c
 
 
 def calibrates(args: argparse.Namespace) -> bool:
-    return not args.q_off and (args.sm == "collect" or args.ac or args.bca)
+    from inference.quant_flags import other_seeds_kind
+
+    family_activations = other_seeds_kind(args.qtype) and not args.qtype.startswith(("binary", "dorefa"))
+    return not args.q_off and (args.sm == "collect" or args.ac or args.bca or family_activations)
 
 
 def check_patterns(args: argparse.Namespace) -> None:

@@ -5,7 +5,6 @@ message that names the fix.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -40,23 +39,34 @@ class ActQuantPoint(str, Enum):
 
 
 class WeightKind(str, Enum):
+    """The quantizer kinds of ``kinds`` (the name is historical: activations take them too)."""
+
     INT = "int"
     KMEANS = "kmeans"
+    UNIFORM = "uniform"
+    POT = "pot"
+    APOT = "apot"
+    BINARY = "binary"
+    TERNARY = "ternary"
+    DOREFA = "dorefa"
+    N2UQ = "n2uq"
+
+    @property
+    def grid(self) -> bool:
+        """The seed's kinds (GEMMLOWP grids, k-means): clipping, allocation and statistics apply."""
+        return self in (WeightKind.INT, WeightKind.KMEANS)
 
 
-QTYPE_PATTERN = re.compile(r"^(int|kmeans)(\d+)$")
+PER_LAYER_KINDS = (WeightKind.TERNARY, WeightKind.DOREFA, WeightKind.N2UQ)
 
 
-def parse_qtype(text: str, allow_kmeans: bool = False) -> tuple[WeightKind, int]:
-    """``int4`` -> (INT, 4); ``kmeans4`` -> (KMEANS, 4) where allowed. Bits must be within 1..16."""
-    match = QTYPE_PATTERN.match(text)
-    if not match or (match.group(1) == "kmeans" and not allow_kmeans):
-        kinds = "intN, kmeansN or f32" if allow_kmeans else "intN or f32"
-        raise InputError(f"quantization type {text!r} is not {kinds} (N = {MIN_BITS}..{MAX_BITS}), e.g. int4")
-    bits = int(match.group(2))
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise InputError(f"quantization type {text!r}: bits must be within {MIN_BITS}..{MAX_BITS}")
-    return WeightKind(match.group(1)), bits
+def parse_qtype(text: str, for_weights: bool = False) -> tuple[WeightKind, int]:
+    """``int4`` -> (INT, 4); ``apot4`` -> (APOT, 4); ``binary`` -> (BINARY, 1), each kind within its bit
+    range and only for the tensors it is defined for (``kinds``)."""
+    from pytorch_quantizer.kinds import parse_kind
+
+    name, bits = parse_kind(text, for_weights)
+    return WeightKind(name), bits
 
 
 @dataclass(frozen=True)
@@ -92,14 +102,19 @@ class TensorQuantSpec:
             raise InputError("bin allocation (mid-tread) needs a target: -bata / -batw")
         if self.allocation_target is not None and not allocating:
             raise InputError("an allocation target (-bata / -batw) needs bit allocation (-baa / -baw)")
+        if not self.kind.grid and (allocating or self.clipping != "no"):
+            raise InputError(f"{self.kind.value} quantization calibrates its own scale: drop the clipping (-c / -wc) "
+                             "and allocation flags, or use intN")
 
     @property
     def target_bits(self) -> float:
         return self.allocation_target if self.allocation_target is not None else float(self.bits)
 
     def at_bits(self, bits: int) -> "TensorQuantSpec":
-        """The same recipe at ``bits`` without allocation (layers kept at 8 bits)."""
-        return replace(self, bits=bits, bit_allocation=False, bin_allocation=False, allocation_target=None)
+        """The same recipe at ``bits`` without allocation (layers kept at 8 bits); the other seeds'
+        kinds become the integer grid there, as their papers keep those layers at 8-bit uniform."""
+        kind = self.kind if self.kind.grid else WeightKind.INT
+        return replace(self, bits=bits, bit_allocation=False, bin_allocation=False, allocation_target=None, kind=kind)
 
 
 @dataclass(frozen=True)
@@ -138,12 +153,28 @@ class QuantConfig:
         if self.weights is not None and self.weights.kind == WeightKind.KMEANS and (
                 self.weights.bit_allocation or self.weights.bin_allocation):
             raise InputError("k-means weights take no bit allocation: drop -baw/-batw or use -qw intN")
+        self.check_kinds()
         if self.bias_correct_activations and not self.enabled:
             raise InputError("activation bias correction (-bca) needs quantization (--qtype / -qw)")
         if (self.bias_correct_activations and not self.departures.bca_folded
                 and self.act_quant_point == ActQuantPoint.INPUT):
             raise InputError("-bca (the seed's online correction) corrects Conv outputs: quantize activations at "
                              "outputs, or measure it on calibration images with --bca-folded")
+
+    def check_kinds(self) -> None:
+        """Where the other seeds' quantizers are defined: activations per tensor at GEMM inputs,
+        weights per layer except the grid kinds, uniform / pot / apot (alpha per channel) and binary."""
+        activations, weights = self.activations, self.weights
+        if activations is not None and not activations.kind.grid:
+            if activations.per_channel:
+                raise InputError(f"{activations.kind.value} activations are quantized per tensor: drop -pcq_a")
+            if self.act_quant_point != ActQuantPoint.INPUT:
+                raise InputError(f"{activations.kind.value} activations quantize what each GEMM reads: use "
+                                 "--act-quant-point input (the default for this kind)")
+            if self.bias_correct_activations:
+                raise InputError("-bca corrects GEMMLOWP activations: drop it or use --qtype intN")
+        if weights is not None and weights.per_channel and weights.kind in PER_LAYER_KINDS:
+            raise InputError(f"{weights.kind.value} weights are defined per layer: drop -pcq_w")
 
     @property
     def enabled(self) -> bool:

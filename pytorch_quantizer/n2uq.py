@@ -16,10 +16,15 @@ the interval midpoints. Hence, for x in [T_{i-1}, T_i): dy/dx = step / a_i (0 ou
 a later interval j (moving a_i shifts every later knot); dy/dT_0 = -step / a_j in interval j;
 dy/d offset = 1; dy/d step = g's sum.
 
-Post-training calibration (Lloyd-Max): the knots are the K centroids of 1-D k-means on
-calibration values (so the thresholds m_i are Lloyd-Max's decision boundaries, the midpoints of
-neighbouring centroids) and (offset, step) the least-squares fit of the centroids by
-offset + step * k (offset fixed at 0 for non-negative values, so zero stays exact after a ReLU).
+Post-training calibration: Lloyd-Max on calibration values constrained to uniform outputs. With
+the outputs fixed, Lloyd's condition puts each threshold at the midpoint of its two output levels;
+with the cells fixed, the best uniform grid is the least-squares fit of the cell means (weighted by
+their counts). Alternating from the unconstrained Lloyd-Max (1-D k-means) centroids converges to
+the mean-squared-error optimal uniform grid, so the calibrated knots are the output levels and the
+thresholds start uniform: they become non-uniform in QAT (G-STE). The unconstrained centroids with
+uniform outputs instead map every cell to a level far from its mean (on ReLU outputs, 14.5 % top-1
+for W4A4 on 200 Fashion-MNIST images against 93.5 % for the constrained fit). The offset is fixed at
+0 for non-negative values, so zero stays exact after a ReLU.
 """
 from __future__ import annotations
 
@@ -94,19 +99,42 @@ def lloyd_max_centroids(values: torch.Tensor, levels: int, seed: int = 0, max_sa
     return np.sort(fitted.cluster_centers_.ravel())
 
 
-def calibrate(values: torch.Tensor, bits: int, seed: int = 0) -> N2UQParams:
-    """Lloyd-Max knots and the least-squares uniform output grid (see the module docstring)."""
+def fit_grid(codes: np.ndarray, targets: np.ndarray, weights: np.ndarray, non_negative: bool) -> tuple[float, float]:
+    """(offset, step) minimising sum_k w_k (targets_k - offset - step k)^2 (offset 0 when non-negative)."""
+    if non_negative:
+        return 0.0, float((weights * codes) @ targets / max((weights * codes) @ codes, MIN_INTERVAL))
+    step, offset = np.polyfit(codes, targets, 1, w=np.sqrt(weights))
+    return float(offset), float(step)
+
+
+def calibrate(values: torch.Tensor, bits: int, seed: int = 0, iterations: int = 50) -> N2UQParams:
+    """Lloyd-Max constrained to uniform outputs (see the module docstring): start from the k-means
+    centroids and their least-squares grid, then alternate cells = the thresholds between output
+    levels and (offset, step) = the least-squares grid of the cell means weighted by their counts,
+    until the cells stop changing. The knots are the output levels, so the thresholds are their
+    midpoints (Lloyd's condition); QAT then moves them off the uniform grid."""
     if bits < 1:
         raise ValueError(f"N2UQ needs at least 1 bit, got {bits}")
     levels = 2 ** bits
     centroids = lloyd_max_centroids(values, levels, seed)
+    samples = values.detach().flatten().double().cpu().numpy()
+    samples = samples[np.isfinite(samples)]
     codes = np.arange(levels, dtype=np.float64)
-    if centroids[0] >= 0:
-        offset, step = 0.0, float(codes @ centroids / (codes @ codes))
-    else:
-        step, offset = (float(value) for value in np.polyfit(codes, centroids, 1))
+    non_negative = bool(centroids[0] >= 0)
+    offset, step = fit_grid(codes, centroids, np.ones(levels), non_negative)
+    cells = None
+    for _ in range(iterations):
+        step = max(step, MIN_INTERVAL)
+        thresholds = offset + step * (codes[1:] - 0.5)
+        new_cells = np.searchsorted(thresholds, samples, side="right")
+        if cells is not None and np.array_equal(new_cells, cells):
+            break
+        cells = new_cells
+        counts = np.bincount(cells, minlength=levels).astype(np.float64)
+        sums = np.bincount(cells, weights=samples, minlength=levels)
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), offset + step * codes)
+        offset, step = fit_grid(codes, means, counts + 1e-12, non_negative)
     step = max(step, MIN_INTERVAL)
-    intervals = np.maximum(np.diff(centroids), MIN_INTERVAL)
     as_tensor = lambda value: torch.tensor(value, dtype=torch.float32)  # noqa: E731
-    return N2UQParams(start=as_tensor(centroids[0]), intervals=as_tensor(intervals), offset=as_tensor(offset),
+    return N2UQParams(start=as_tensor(offset), intervals=as_tensor(np.full(levels - 1, step)), offset=as_tensor(offset),
                       step=as_tensor(step))

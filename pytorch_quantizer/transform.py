@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from pytorch_quantizer import backend
+from pytorch_quantizer import backend, families
 from pytorch_quantizer.bias_correction import correct_positive_outputs, correct_weights
 from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec, WeightKind
 from pytorch_quantizer.entropy import huffman_bits_per_symbol, shannon_entropy, weighted_average
@@ -114,7 +114,7 @@ def kept_at(spec: TensorQuantSpec | None, bits: int, min_max_per_tensor: bool = 
     ``min_max_per_tensor`` over the tensor's min / max, as the seed quantizes its classifier output."""
     if spec is None:
         return None
-    if spec.bits < bits or spec.bit_allocation or spec.bin_allocation:
+    if spec.bits < bits or spec.bit_allocation or spec.bin_allocation or not spec.kind.grid:
         spec = spec.at_bits(max(bits, spec.bits))
     return replace(spec, per_channel=False, clipping="no") if min_max_per_tensor else spec
 
@@ -179,8 +179,10 @@ class QuantizedModel:
     weight_measures: dict[str, LayerMeasures] = field(init=False, default_factory=dict)
     activation_measures: dict[str, LayerMeasures] = field(init=False, default_factory=dict)
     float_params: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(init=False, default_factory=dict)
+    family_plans: dict[str, families.LevelPlan] = field(init=False, default_factory=dict)
 
     def __post_init__(self):
+        self._xnor_scales: dict[str, torch.Tensor] = {}
         self._handles = []
         self._bypass = False
         self._rounding_calls = 0
@@ -205,6 +207,10 @@ class QuantizedModel:
                 self._handles.append(module.register_forward_hook(self.output_hook(name)))
             else:
                 self._handles.append(module.register_forward_pre_hook(self.input_hook(name)))
+            if plan.activation.kind == WeightKind.BINARY:
+                self._handles.append(module.register_forward_hook(self.xnor_output_hook(name)))
+            elif (fixed := families.fixed_activation_plan(plan.activation.kind, plan.activation.bits)) is not None:
+                self.family_plans[name] = fixed
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -235,6 +241,9 @@ class QuantizedModel:
         measures = LayerMeasures(elements=weight.numel())
         if spec.kind == WeightKind.KMEANS:
             values, codes = kmeans_quantize(weight, spec.bits, spec.per_channel, self.config.seed)
+            measures.mean_bits = float(spec.bits)
+        elif not spec.kind.grid:
+            values, codes = families.quantize_weight(weight, spec.kind, spec.bits, spec.per_channel)
             measures.mean_bits = float(spec.bits)
         else:
             outcome = quantize_tensor(weight, observe(weight, observed_layer(spec, 0)), spec, self.config, axis=0,
@@ -306,6 +315,41 @@ class QuantizedModel:
         spec = plan.activation
         return not (self.config.departures.batch_range or spec.per_channel or spec.clipping != "no" or plan.kept_8bit)
 
+    def use_family_plans(self, plans: dict[str, "families.LevelPlan"]) -> None:
+        """Calibrated activation plans of the other seeds' kinds (``families.calibrate_activations``)."""
+        self.family_plans.update(plans)
+
+    @torch.no_grad()
+    def quantize_family_activation(self, name: str, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        """The other seeds' kinds: XNOR's sign (its K scales the GEMM output) or a level plan."""
+        spec = self.plans[name].activation
+        codes = None
+        if spec.kind == WeightKind.BINARY:
+            values, self._xnor_scales[name] = families.xnor_input(x, module)
+            codes = (values > 0).float() if self.config.measure_entropy else None
+        else:
+            plan = self.family_plans.get(name)
+            if plan is None:
+                raise InputError(f"layer {name} runs but its {spec.kind.value} activations were never calibrated "
+                                 "(calibration never reached it)")
+            values = plan.apply(x)
+            codes = plan.codes(x) if self.config.measure_entropy else None
+        measures = self.activation_measures[name]
+        measures.elements += x.numel()
+        measures.mean_bits = float(spec.bits)
+        if codes is not None:
+            measures.add_codes(codes)
+        if self.measure_error:
+            measures.add_error(x, values)
+        return values.to(x.dtype)
+
+    def xnor_output_hook(self, name: str):
+        def hook(module, args, output):
+            if self._bypass:
+                return None
+            return families.xnor_output(output, self._xnor_scales.pop(name), module)
+        return hook
+
     @torch.no_grad()
     def quantize_activation(self, name: str, x: torch.Tensor) -> torch.Tensor:
         plan = self.plans[name]
@@ -340,6 +384,8 @@ class QuantizedModel:
         def hook(module, args):
             if self._bypass:
                 return None
+            if not self.plans[name].activation.kind.grid:
+                return (self.quantize_family_activation(name, args[0], module),) + tuple(args[1:])
             return (self.quantize_activation(name, args[0]),) + tuple(args[1:])
         return hook
 

@@ -151,14 +151,25 @@ def test_n2uq_backward_equals_the_g_ste_formula():
     assert params.step.grad.item() == pytest.approx(sum(ramps))
 
 
-def test_n2uq_calibration_places_thresholds_at_lloyd_max_boundaries():
+def test_n2uq_calibration_is_lloyd_max_with_uniform_outputs():
     values = torch.cat([torch.full((100,), 0.0), torch.full((100,), 1.0), torch.full((100,), 3.0),
                         torch.full((100,), 7.0)])
     params = n2uq.calibrate(values, bits=2)
-    assert params.knots.tolist() == pytest.approx([0, 1, 3, 7])
-    assert params.thresholds.tolist() == pytest.approx([0.5, 2, 5])
-    assert params.offset.item() == 0
-    assert params.step.item() == pytest.approx((1 + 6 + 21) / 14)
-    assert n2uq.calibrate(torch.tensor([0.0, 2.0, 2.0]), bits=2).knots.tolist() == pytest.approx([0, 2 / 3, 4 / 3, 2])
-    signed = n2uq.calibrate(values - 2, bits=2)
-    assert signed.offset.item() == pytest.approx(-2.7, abs=1e-5) and signed.step.item() == pytest.approx(2.3)
+    # centroids 0, 1, 3, 7; grid through 0: step (1 + 6 + 21) / 14 = 2; cells stay {0}, {1}, {3}, {7}
+    assert params.offset.item() == 0 and params.step.item() == pytest.approx(2)
+    assert params.knots.tolist() == pytest.approx([0, 2, 4, 6])
+    assert params.thresholds.tolist() == pytest.approx([1, 3, 5])
+    assert n2uq.calibrate(values - 2, bits=2).offset.item() == pytest.approx(-2.7, abs=1e-4)  # polyfit of -2, -1, 1, 5
+
+
+def test_n2uq_calibration_lowers_the_error_of_the_unconstrained_centroid_grid():
+    torch.manual_seed(3)
+    values = torch.relu(torch.randn(20000)) ** 2
+    params = n2uq.calibrate(values, bits=3)
+    centroids = torch.tensor(n2uq.lloyd_max_centroids(values, 8), dtype=torch.float32)
+    codes = torch.arange(8.0)
+    naive_step = (codes @ centroids) / (codes @ codes)
+    naive = n2uq.N2UQParams(centroids[0], centroids.diff(), torch.tensor(0.0), naive_step)
+    error = lambda p: (n2uq.forward_levels(values, p) - values).square().mean().item()  # noqa: E731
+    assert error(params) < error(naive)
+    assert params.thresholds.tolist() == pytest.approx(((codes[1:] - 0.5) * params.step).tolist(), rel=1e-5)

@@ -60,9 +60,9 @@ def test_entropy_line_and_kmeans_and_bin_allocation(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--qtype", "int0"], "bits must be within 1..16"),
-    (["--qtype", "int33"], "bits must be within 1..16"),
-    (["--qtype", "float4"], "is not intN or f32"),
+    (["--qtype", "int0"], "int takes 1..16 bits for activations"),
+    (["--qtype", "int33"], "int takes 1..16 bits for activations"),
+    (["--qtype", "float4"], "quantization type 'float4': use one of intN, uniformN"),
     (["--qtype", "int4", "-c", "2xstd"], "unknown clipping method '2xstd'"),
     (["--qtype", "int4", "-pcq_a", "-c", "2std", "-baa"], "use -c no, laplace or gaus (not 2std)"),
     (["--qtype", "int4", "-pcq_a", "-c", "kld", "-baa"], "use -c no, laplace or gaus (not kld)"),
