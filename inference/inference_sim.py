@@ -19,6 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.models import get_model_spec, list_models  # noqa: E402
+from inference.qat_flags import add_qat_flags  # noqa: E402
 from inference.quant_flags import add_quantization_flags  # noqa: E402
 from inference.seed_compat import add_rejected_seed_flags, translate_seed_long_names  # noqa: E402
 from inference.validation import calibration_choice, calibrates, resolve_device, validate  # noqa: E402
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fake-quantization arithmetic: the fused C++/CUDA kernels, the pure-PyTorch reference, "
                              "or auto (kernels when built, else reference with a warning; default)")
     add_quantization_flags(parser, positive_int)
+    add_qat_flags(parser, positive_int, non_negative_int)
     add_rejected_seed_flags(parser)
     return parser
 
@@ -206,6 +208,9 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None, dat
         if simulation.calibration is not None:
             extra |= {"calibration": simulation.calibration, "calibration_images": simulation.calibration_images,
                       "calibration_overlaps_eval": simulation.calibration_overlaps_eval}
+        if simulation.qat is not None:
+            extra |= {"qat_epochs": args.qat_epochs, "qat_final_loss": simulation.qat.losses[-1],
+                      "qat_train_top1": simulation.qat.epoch_accuracy[-1], "qat_losses": simulation.qat.losses}
         extra |= {"statistics": simulation.statistics, "statistics_file": simulation.statistics_file,
                   **{key: value for key, value in simulation.entropy.items() if key.startswith("avg.")}}
     if args.skip_bad_images:
@@ -328,6 +333,20 @@ def log_to_mlflow(mlflow, results: dict, uri: str | None) -> None:
         for key in ("report_csv", "activation_stats_csv", "sweep_csv", "dump_file"):
             if results.get(key):
                 mlflow.log_artifact(results[key])
+        if results.get("qat_losses"):
+            log_training_curve(mlflow, results["qat_losses"])
+
+
+def log_training_curve(mlflow, losses: list[float]) -> None:
+    """The QAT loss of every step as metric ``qat.loss`` (step = training step), in batches of 1000."""
+    import time
+
+    from mlflow.entities import Metric
+
+    client, run_id, now = mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id, int(time.time() * 1000)
+    metrics = [Metric("qat.loss", float(loss), now, step) for step, loss in enumerate(losses)]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
 def parse_command_line(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:

@@ -29,6 +29,7 @@ class SimulationResult:
     entropy: dict[str, float] = field(default_factory=dict)
     layer_report: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    qat: "QatOutcome | None" = None  # noqa: F821 - pytorch_quantizer.qat, imported when fine-tuning
     calibration_skipped: list[str] = field(default_factory=list)  # undecodable files, with --skip-bad-images
 
 
@@ -53,7 +54,8 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
         result = SimulationResult(EvalResult(0, 0, 0, 0), "on the fly (each evaluated batch)")
         calibration = None
         folded_bca = args.bca and config.departures.bca_folded
-        family_calibration = config.activations is not None and config.activations.kind in CALIBRATED_ACTIVATIONS
+        family_calibration = (config.activations is not None and config.activations.kind in CALIBRATED_ACTIVATIONS
+                              and args.load_qat is None)
         if family_calibration and process.distributed:
             raise UserError(f"{args.qtype} activations are calibrated in one process: run without torchrun")
         if args.sm == "collect" or args.ac or folded_bca or family_calibration:
@@ -88,6 +90,14 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
             quantized.use_family_plans(calibrate_activations(
                 quantized, progress(calibration.loader, "calibration", process.is_main), device))
             result.statistics = f"{args.qtype} calibrated on {calibration.images} images of {calibration.source}"
+        if args.load_qat is not None:
+            from inference.qat_flags import recipe_text
+            from pytorch_quantizer.qat_io import load_qat
+
+            load_qat(args.load_qat, quantized, args.arch, recipe_text(args))
+            result.statistics = f"fine-tuned model from {args.load_qat}"
+        elif args.qat_epochs:
+            result.qat = fine_tune(args, quantized, data, options, device)
         if folded_bca:
             fold_activation_bias(quantized, progress(calibration.loader, "bias correction", process.is_main), device,
                                  process.sum)
@@ -104,6 +114,33 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
     if result.calibration_overlaps_eval:
         LOG.warning("calibration images overlap the evaluated ones: %s", result.calibration)
     return result
+
+
+def fine_tune(args: argparse.Namespace, quantized, data: RunData, options: LoaderOptions, device: torch.device):
+    """--qat-epochs on -cs labelled images of the calibration split (never the evaluated ones)."""
+    from dataclasses import replace
+
+    from inference.qat_flags import DEFAULT_QAT_BATCH, DEFAULT_QAT_LR, recipe_text
+    from pytorch_quantizer import qat
+    from pytorch_quantizer.qat_io import save_qat
+
+    if options.process.distributed:
+        raise UserError("--qat-epochs trains in one process: run without torchrun")
+    training = data.calibration_loader(replace(options, batch_size=args.qat_batch_size or DEFAULT_QAT_BATCH))
+    if training.overlaps_eval:
+        raise UserError(f"--qat-epochs needs training images disjoint from the evaluated ones, and {args.arch} has no "
+                        "training split here (no train/ folder): pass --calib-holdout N or --calib-data DIR "
+                        "(labelled class folders)")
+
+    def bar(batches, epoch):
+        from tqdm import tqdm
+
+        return tqdm(batches, desc=f"QAT epoch {epoch + 1}/{args.qat_epochs}", unit="batch", disable=None, leave=False)
+
+    outcome = qat.fine_tune(quantized, training.loader, args.qat_epochs, args.qat_lr or DEFAULT_QAT_LR, device, bar)
+    if args.save_qat is not None:
+        save_qat(args.save_qat, quantized, args.arch, recipe_text(args))
+    return outcome
 
 
 def reduced(accumulators: dict, kind: str, kept: set[str]) -> dict:

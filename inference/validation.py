@@ -66,7 +66,8 @@ def check_output_folder(flag: str, folder: Path) -> None:
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    for flag, path in (("--results-json", args.results_json), ("--report-csv", args.report_csv)):
+    for flag, path in (("--results-json", args.results_json), ("--report-csv", args.report_csv),
+                       ("--save-qat", args.save_qat)):
         if path is not None:
             check_output_file(flag, path)
     if args.ep or args.sweep_csv is not None:  # sweep rows (ep off) keep the sweep's --sweep-csv
@@ -101,14 +102,15 @@ def check_no_effect(args: argparse.Namespace, parser: argparse.ArgumentParser, c
             raise UserError(f"{unused[0]} concerns {'activations' if what.startswith('--') else 'weights'}, which "
                             f"this run does not quantize; add {what} or drop {unused[0]}")
     if "cs" in given and not calibrates(args):
-        raise UserError(f"-cs {args.cs}: this run calibrates nothing (no -sm collect, -ac or -bca); drop -cs")
+        raise UserError(f"-cs {args.cs}: this run calibrates nothing (no -sm collect, -ac, -bca, calibrated --qtype kind or --qat-epochs); drop -cs")
 
 
 def calibrates(args: argparse.Namespace) -> bool:
     from inference.quant_flags import other_seeds_kind
 
     family_activations = other_seeds_kind(args.qtype) and not args.qtype.startswith(("binary", "dorefa"))
-    return not args.q_off and (args.sm == "collect" or args.ac or args.bca or family_activations)
+    return not args.q_off and (args.sm == "collect" or args.ac or args.bca or family_activations
+                               or args.qat_epochs > 0)
 
 
 def check_patterns(args: argparse.Namespace) -> None:
@@ -134,6 +136,7 @@ def check_clipping_names(args: argparse.Namespace) -> None:
 
 def validate(args: argparse.Namespace):
     """Every check that needs no data or model, before any work: returns (model spec, QuantConfig or None)."""
+    from inference.qat_flags import check_qat_flags
     from inference.quant_flags import quant_config_from_args
     from inference.simulate import require_statistics_file
 
@@ -143,6 +146,7 @@ def validate(args: argparse.Namespace):
         raise UserError("-mf names the folder of -ms: add -ms")
     check_patterns(args)
     check_clipping_names(args)
+    check_qat_flags(args)
     check_outputs(args)
     spec = get_model_spec(args.arch)
     if not args.random_init:

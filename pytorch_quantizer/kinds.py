@@ -45,8 +45,8 @@ def register_kind(info: KindInfo) -> KindInfo:
 
 
 def list_kinds(weights: bool | None = None, activations: bool | None = None) -> list[KindInfo]:
-    return [info for info in _KINDS.values()
-            if (weights is None or info.weights == weights) and (activations is None or info.activations == activations)]
+    return [info for info in _KINDS.values() if (weights is None or info.weights == weights)
+            and (activations is None or info.activations == activations)]
 
 
 def get_kind(name: str) -> KindInfo:
@@ -66,8 +66,8 @@ def parse_kind(text: str, for_weights: bool) -> tuple[str, int]:
     digits = match.group(2)
     if info.fixed_bits is not None:
         if digits:
-            raise InputError(f"quantization type {text!r}: {info.name} takes no bit width (it is {info.fixed_bits}-bit); "
-                             f"write {info.name}")
+            raise InputError(f"quantization type {text!r}: {info.name} takes no bit width "
+                             f"(it is {info.fixed_bits}-bit); write {info.name}")
         return info.name, info.fixed_bits
     if not digits:
         raise InputError(f"quantization type {text!r} needs a bit width, e.g. {info.name}4")

@@ -258,6 +258,27 @@ class QuantizedModel:
         self.weight_measures[name] = measures
         module.weight.data.copy_(values)
 
+    @torch.no_grad()
+    def record_trained_weight(self, name: str, float_weight: torch.Tensor, quantized_weight: torch.Tensor) -> None:
+        """A weight set by training (``qat``): the float one becomes the layer's float parameter."""
+        module = self.model.get_submodule(name)
+        bias = module.bias.detach().clone() if module.bias is not None else None
+        self.float_params[name] = (float_weight, bias)
+        if self.plans[name].weight is None:
+            return
+        measures = LayerMeasures(elements=float_weight.numel(), mean_bits=float(self.plans[name].weight.bits))
+        measures.add_error(float_weight, quantized_weight)
+        self.weight_measures[name] = measures
+
+    @torch.no_grad()
+    def requantize_weight(self, name: str) -> None:
+        """The layer's current (trained) float weight becomes its float parameter and is quantized per its plan."""
+        module = self.model.get_submodule(name)
+        bias = module.bias.detach().clone() if module.bias is not None else None
+        self.float_params[name] = (module.weight.detach().clone(), bias)
+        if self.plans[name].weight is not None:
+            self.quantize_weight(name, module, self.plans[name].weight)
+
     # --- activations ---------------------------------------------------------------------
 
     def observed_layers(self, per_channel: bool | None = None, image_averaged_range: bool = False
