@@ -68,18 +68,22 @@ class LevelQuantizer(nn.Module):
 
 
 class N2UQQuantizer(nn.Module):
-    """Learnable N2UQ thresholds and output grid (G-STE)."""
+    """Learnable N2UQ thresholds and output grid (G-STE), parameterised relative to the output step
+    (log step, log interval lengths and start / offset in steps) so that an optimizer step moves
+    them by a fraction of their size whatever the tensor's scale."""
 
     def __init__(self, params: n2uq.N2UQParams):
         super().__init__()
-        self.start = nn.Parameter(params.start.detach().float().clone())
-        self.intervals = nn.Parameter(params.intervals.detach().float().clone())
-        self.offset = nn.Parameter(params.offset.detach().float().clone())
-        self.step = nn.Parameter(params.step.detach().float().clone())
+        step = params.step.detach().float().clamp_min(n2uq.MIN_INTERVAL)
+        self.log_step = nn.Parameter(step.log().clone())
+        self.start_steps = nn.Parameter((params.start.detach().float() / step).clone())
+        self.log_interval_steps = nn.Parameter((params.intervals.detach().float() / step).clamp_min(1e-6).log())
+        self.offset_steps = nn.Parameter((params.offset.detach().float() / step).clone())
 
     def params(self) -> n2uq.N2UQParams:
-        return n2uq.N2UQParams(self.start, self.intervals.clamp_min(n2uq.MIN_INTERVAL), self.offset,
-                               self.step.clamp_min(n2uq.MIN_INTERVAL))
+        step = self.log_step.exp()
+        return n2uq.N2UQParams(self.start_steps * step, self.log_interval_steps.exp() * step, self.offset_steps * step,
+                               step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return n2uq.n2uq_quantize(x, self.params())
