@@ -13,25 +13,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernel_support import AXES, LAYOUTS, in_layout, kernel_ops, needs_cuda  # noqa: F401
+from kernels import build
 from pytorch_quantizer import backend, primitives
 from pytorch_quantizer.errors import InputError
 from pytorch_quantizer.stats import compute_stats
 
-try:
-    from kernels import build
-
-    build.build_cpu()
-except (ImportError, OSError, RuntimeError) as error:
-    pytest.skip(f"the ptq_kernels CPU extension cannot be built or loaded: {error}", allow_module_level=True)
-
-ops = torch.ops.ptq_kernels
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-AXES = (None, 0, 1, 3)
-LAYOUTS = ("contiguous", "channels_last")
-
-
-def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x.contiguous()
+ops = kernel_ops()
 
 
 def op_axis(axis: int | None) -> int:
