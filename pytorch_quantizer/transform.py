@@ -164,6 +164,17 @@ def check_patterns_match(layer_names: list[str], config: QuantConfig) -> None:
                          "is quantized; narrow the patterns, or drop --qtype / -qw for an FP32 run")
 
 
+def value_codes(values: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """Integer codes of quantized values: the rank of each value among the distinct values of its
+    tensor (of its output channel when ``per_channel``). A relabelling of the levels in use, so the
+    entropy of the codes is that of the levels."""
+    rows = values.detach().reshape(values.shape[0] if per_channel else 1, -1)
+    codes = torch.empty_like(rows)
+    for index, row in enumerate(rows):
+        codes[index] = torch.unique(row, return_inverse=True)[1].to(rows.dtype)
+    return codes.reshape(values.shape)
+
+
 @dataclass
 class QuantizedModel:
     """``with QuantizedModel(model, config, example_input) as quantized: quantized.model(x)``."""
@@ -266,7 +277,9 @@ class QuantizedModel:
         self.float_params[name] = (float_weight, bias)
         if self.plans[name].weight is None:
             return
-        measures = LayerMeasures(elements=float_weight.numel(), mean_bits=float(self.plans[name].weight.bits))
+        spec = self.plans[name].weight
+        measures = LayerMeasures(elements=float_weight.numel(), mean_bits=float(spec.bits))
+        measures.add_codes(value_codes(quantized_weight, spec.per_channel))
         measures.add_error(float_weight, quantized_weight)
         self.weight_measures[name] = measures
 

@@ -119,3 +119,11 @@ def test_qat_without_a_training_split_names_the_fix(run_cli):
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
     assert "--qat-epochs needs training images disjoint from the evaluated ones" in stderr
     assert "pass --calib-holdout N or --calib-data DIR" in stderr
+
+
+def test_trained_weight_codes_relabel_the_levels_in_use():
+    from pytorch_quantizer.transform import value_codes
+
+    values = torch.tensor([[0.5, -0.5, 0.5], [2.0, 2.0, -1.0]])
+    assert value_codes(values, per_channel=True).tolist() == [[1, 0, 1], [1, 1, 0]]
+    assert value_codes(values, per_channel=False).tolist() == [[2, 1, 2], [3, 3, 0]]
