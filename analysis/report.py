@@ -223,6 +223,22 @@ def check_skip_patterns(patterns: list[str]) -> str | None:
     return None
 
 
+README_BEGIN, README_END = "<!-- report tables: begin -->", "<!-- report tables: end -->"
+
+
+def update_readme(readme: Path, tables: list[str]) -> None:
+    """Replace what lies between the README's report markers with ``tables`` (written atomically)."""
+    from pytorch_quantizer.safe_io import write_atomically
+
+    text = readme.read_text()
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.index(README_BEGIN) > text.index(README_END):
+        raise ValueError(f"{readme} needs one {README_BEGIN} line before one {README_END} line")
+    head, rest = text.split(README_BEGIN)
+    tail = rest.split(README_END)[1]
+    body = "\n".join(table.replace("### ", "#### ", 1) for table in tables)
+    write_atomically(readme, lambda temporary: Path(temporary).write_text(f"{head}{README_BEGIN}\n\n{body}\n{README_END}{tail}"))
+
+
 def figure_scripts(args: argparse.Namespace) -> dict[str, list[str]]:
     """The commands of the three figure scripts (their ``main`` argv), quick in --quick."""
     quick = ["--quick"] if args.quick else []
@@ -248,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="tables of the rows already run only (nothing runs; the tables say which rows are missing)")
     parser.add_argument("--no-figures", dest="figures", action="store_false",
                         help="only the recipe tables, not the three figure scripts")
+    parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
+                        help="also put the tables between the README's report markers (e.g. README.md)")
     parser.add_argument("--skip-rows", nargs="+", default=[], metavar="PATTERN",
                         help="leave out the rows whose label matches a shell-style pattern (e.g. '*mse*' '*kld*': "
                              "the slow on-the-fly clippings); the tables list them as not run")
@@ -261,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     models, notes = plan_models(args.models or default_models, development_photos)
     for note in notes:
         print(note)
-    tables = []
+    tables, texts = [], []
     args.out.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(models) * len(planned_rows(args)), desc="report", unit="row") as bar:
         for arch in models:
@@ -275,8 +293,15 @@ def main(argv: list[str] | None = None) -> int:
                             QUICK_ROWS if args.quick else tuple(ROWS))
             (args.out / f"{arch}.md").write_text(text)
             tables.append(table.assign(model=arch))
+            texts.append(text)
             print(text)
     pd.concat(tables).to_csv(args.out / "report.csv", index=False)
+    if args.update_readme is not None:
+        try:
+            update_readme(args.update_readme, texts)
+        except (OSError, ValueError) as error:
+            print(f"report.py: error: --update-readme: {error}", file=sys.stderr)
+            return 2
     if args.figures:
         for script, script_argv in figure_scripts(args).items():
             with contextlib.redirect_stdout(io.StringIO()):

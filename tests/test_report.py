@@ -112,3 +112,17 @@ def test_quick_report_without_the_development_photos_runs_the_foolbox_photos_and
     assert set(table["model"]) == {"efficientnet_lite0"} and (table["images"] == 15).all()
     assert list(table["recipe"]) == list(report.QUICK_ROWS)
     assert "the 20 ImageNet photos shipped in foolbox" in (out / "efficientnet_lite0.md").read_text()
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    import report
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_BEGIN}\nold table\n{report.README_END}\noutro\n")
+    report.update_readme(readme, ["### fmnist_resnet20\n\n| a |\n", "### efficientnet_lite0\n\n| b |\n"])
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{report.README_END}\noutro\n") and "old table" not in text
+    assert "#### fmnist_resnet20" in text and "#### efficientnet_lite0" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="needs one <!-- report tables: begin -->"):
+        report.update_readme(readme, ["x"])
