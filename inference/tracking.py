@@ -127,9 +127,29 @@ def flatten(prefix: str, value, out: dict) -> dict:
 
 
 @contextmanager
+def restored_tracking_environment():
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in the process environment: put back
+    what was there, so one run's --mlflow-uri does not become the next in-process run's default."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@contextmanager
 def mlflow_run(uri: str | None, experiment: str, params: dict):
     """Start a run and yield the mlflow module; the run ends FINISHED, KILLED if the block is
-    interrupted (KeyboardInterrupt, SIGTERM) or FAILED if it raises."""
+    interrupted (KeyboardInterrupt, SIGTERM) or FAILED if it raises. The process environment's
+    MLFLOW_TRACKING_URI is as before afterwards."""
+    with restored_tracking_environment():
+        yield from _mlflow_run(uri, experiment, params)
+
+
+def _mlflow_run(uri: str | None, experiment: str, params: dict):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # mlflow's default retries for minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
