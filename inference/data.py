@@ -97,6 +97,12 @@ class RunData:
     def calibration_set(self) -> CalibrationSet:
         return self.chosen_calibration or default_calibration_set(self.spec, self.data_dir)
 
+    def calibration_overlaps_eval(self) -> bool:
+        """Whether calibration would read evaluated images, known without opening the default split."""
+        if self.chosen_calibration is not None:
+            return self.chosen_calibration.overlaps_eval
+        return self.spec.dataset != "fashion_mnist" and not (self.data_dir is not None and (self.data_dir / "train").is_dir())
+
     def calibration_loader(self, options: LoaderOptions) -> CalibrationData:
         """``choice.images`` images drawn (seeded by ``options.seed``) from the calibration set."""
         chosen = self.calibration_set()

@@ -18,6 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from inference.errors import UserError  # noqa: E402
 from inference.models import get_model_spec, list_models  # noqa: E402
 from inference.qat_flags import add_qat_flags  # noqa: E402
 from inference.quant_flags import add_quantization_flags  # noqa: E402
@@ -369,6 +370,10 @@ def checked_before_work(args: argparse.Namespace, parser: argparse.ArgumentParse
         check_tracking_store(args.mlflow_uri)
     device = resolve_device(args.device, args.device_ids, process)
     data = prepare_run_data(args, get_model_spec(args.arch))
+    if args.qat_epochs and data.calibration_overlaps_eval():
+        raise UserError(f"--qat-epochs needs training images disjoint from the evaluated ones, and {args.arch} has no "
+                        "training split here (no train/ folder): pass --calib-holdout N (labelled images held out "
+                        "of the evaluated set), or put labelled class folders in the data folder's train/")
     return validated, device, data
 
 

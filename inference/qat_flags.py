@@ -49,5 +49,8 @@ def check_qat_flags(args: argparse.Namespace) -> None:
     if not kinds or not all(other_seeds_kind(text) for text in kinds):
         raise UserError(f"{flag} trains the other seeds' kinds: set --qtype / -qw to uniformN, potN, apotN, dorefaN, "
                         "n2uqN, binary or ternary (or f32), not the integer grid")
+    if training and args.calib_data is not None:
+        raise UserError("--qat-epochs trains on labelled images and --calib-data images are unlabelled: pass "
+                        "--calib-holdout N, or put labelled class folders in the data folder's train/")
     if args.bcw or args.vcw:
         raise UserError(f"{flag}: -bcw / -vcw correct post-training rounding, which fine-tuning learns: drop them")

@@ -127,10 +127,6 @@ def fine_tune(args: argparse.Namespace, quantized, data: RunData, options: Loade
     if options.process.distributed:
         raise UserError("--qat-epochs trains in one process: run without torchrun")
     training = data.calibration_loader(replace(options, batch_size=args.qat_batch_size or DEFAULT_QAT_BATCH))
-    if training.overlaps_eval:
-        raise UserError(f"--qat-epochs needs training images disjoint from the evaluated ones, and {args.arch} has no "
-                        "training split here (no train/ folder): pass --calib-holdout N or --calib-data DIR "
-                        "(labelled class folders)")
 
     def bar(batches, epoch):
         from tqdm import tqdm

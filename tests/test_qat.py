@@ -114,11 +114,14 @@ def test_refused_qat_flags_exit_2_with_one_line(run_cli, argv, message):
     assert message in stderr
 
 
-def test_qat_without_a_training_split_names_the_fix(run_cli):
+def test_qat_without_a_training_split_names_the_fix(run_cli, tmp_path):
     code, _, stderr = run_cli("-a", "efficientnet_lite0", "-b", "4", "-ss", "4", "-qw", "ternary", "--qat-epochs", "1")
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
     assert "--qat-epochs needs training images disjoint from the evaluated ones" in stderr
-    assert "pass --calib-holdout N or --calib-data DIR" in stderr
+    assert "pass --calib-holdout N (labelled images held out of the evaluated set)" in stderr
+    code, _, stderr = run_cli("-a", "efficientnet_lite0", "-b", "4", "-ss", "4", "-qw", "ternary", "--qat-epochs", "1",
+                              "--calib-data", str(tmp_path))
+    assert code == 2 and "--calib-data images are unlabelled" in stderr
 
 
 def test_trained_weight_codes_relabel_the_levels_in_use():
