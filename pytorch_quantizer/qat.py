@@ -223,11 +223,11 @@ def fine_tune(quantized, batches, epochs: int, lr: float, device: torch.device, 
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    outcome.losses.append(float(loss))
+                    outcome.losses.append(float(loss.detach()))
                     correct += int((logits.argmax(dim=1) == labels).sum())
                     seen += labels.numel()
                     if hasattr(bar, "set_postfix"):
-                        bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{100 * correct / seen:.1f}")
+                        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{100 * correct / seen:.1f}")
                 outcome.epoch_accuracy.append(100.0 * correct / max(seen, 1))
     finally:
         model.eval()
