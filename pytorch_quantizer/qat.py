@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from pytorch_quantizer import families, level_sets, n2uq
+from pytorch_quantizer import families, level_sets, n2uq, primitives
 from pytorch_quantizer.config import WeightKind
 from pytorch_quantizer.families import LevelPlan
 
@@ -38,8 +38,8 @@ def ste(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
     return x + (rounded - x).detach()
 
 
-def nearest_levels(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    thresholds = ((levels[:-1] + levels[1:]) / 2).contiguous()
+def nearest_levels(u: torch.Tensor, levels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """The level of each element: levels[#{j : u >= thresholds_j}] (ties to the upper level)."""
     return levels[torch.searchsorted(thresholds, u.detach().contiguous(), right=True)]
 
 
@@ -49,13 +49,14 @@ class LevelQuantizer(nn.Module):
     def __init__(self, levels: torch.Tensor, alpha: torch.Tensor, normalize: bool):
         super().__init__()
         self.register_buffer("levels", levels.float())
+        self.register_buffer("thresholds", primitives.midpoint_thresholds(levels))
         self.alpha = nn.Parameter(alpha.detach().float().clone())
         self.normalize = normalize
 
     def scaled(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha.abs().clamp_min(1e-8).reshape(-1, *([1] * (x.dim() - 1)) if self.alpha.dim() else ())
         u = torch.maximum(torch.minimum(x / alpha, self.levels[-1]), self.levels[0])
-        return alpha * ste(u, nearest_levels(u, self.levels))
+        return alpha * ste(u, nearest_levels(u, self.levels, self.thresholds))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.normalize:

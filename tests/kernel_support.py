@@ -1,11 +1,20 @@
 """What the kernel test modules share: the built CPU extension (or a module-level skip), the op
-namespace, the CUDA marker, and the axes and memory layouts every op is checked on."""
+namespace, the backend reset after each test, the CUDA marker, and the axes and memory layouts every op is checked on."""
 import pytest
 import torch
 
 AXES = (None, 0, 1, 3)
 LAYOUTS = ("contiguous", "channels_last")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def reset_backend():
+    """Each test leaves the backend at ``auto`` whatever it set."""
+    from pytorch_quantizer import backend
+
+    yield
+    backend.set_backend("auto")
 
 
 def kernel_ops():

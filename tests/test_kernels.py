@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel_support import AXES, LAYOUTS, in_layout, kernel_ops, needs_cuda  # noqa: F401
+from kernel_support import AXES, LAYOUTS, in_layout, kernel_ops, needs_cuda, reset_backend  # noqa: F401
 from kernels import build
 from pytorch_quantizer import backend, primitives
 from pytorch_quantizer.errors import InputError
@@ -57,12 +57,6 @@ def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 def sample(shape, seed: int = 0, scale: float = 3.0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scale
-
-
-@pytest.fixture(autouse=True)
-def reset_backend():
-    yield
-    backend.set_backend("auto")
 
 
 # ---- GEMMLOWP parity -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel_support import AXES, LAYOUTS, in_layout, kernel_ops, needs_cuda  # noqa: F401
+from kernel_support import AXES, LAYOUTS, in_layout, kernel_ops, needs_cuda, reset_backend  # noqa: F401
 from kernels import build
 from pytorch_quantizer import backend, primitives
 
@@ -48,12 +48,6 @@ def scales_for(x: torch.Tensor, axis: int | None, seed: int = 0) -> torch.Tensor
     """Positive scales near the data's spread (per tensor: one element)."""
     channels = 1 if axis is None else x.shape[axis]
     return torch.rand(channels, generator=torch.Generator().manual_seed(seed)) * 1.5 + 0.25
-
-
-@pytest.fixture(autouse=True)
-def reset_backend():
-    yield
-    backend.set_backend("auto")
 
 
 # ---- parity ----------------------------------------------------------------------------------
