@@ -55,7 +55,11 @@ def planned_rows(quick: bool, qat_epochs: int) -> dict[str, str]:
 
 def calibrates(flags: str) -> bool:
     """Rows that read training images: QAT, and activation kinds calibrated post-training."""
-    return "--qat-epochs" in flags or any(f"--qtype {kind}" in flags for kind in ("uniform", "pot", "apot", "n2uq"))
+    from inference.quant_flags import calibrated_activation_kind
+
+    words = flags.split()
+    qtype = words[words.index("--qtype") + 1] if "--qtype" in words else None
+    return "--qat-epochs" in words or calibrated_activation_kind(qtype)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,12 +46,24 @@ def departures_from_args(args: argparse.Namespace):
     return Departures(**{field: getattr(args, field) for _, field, _ in DEPARTURE_FLAGS})
 
 
-def other_seeds_kind(text: str | None) -> bool:
-    """Whether a --qtype / -qw text names one of the other seeds' kinds (apot4, binary, ...)."""
+def _named_kind(text: str | None):
+    """The registered kind a --qtype / -qw text starts with (``kinds.KindInfo``), or None."""
     from pytorch_quantizer.kinds import KIND_PATTERN, list_kinds
 
     match = KIND_PATTERN.match(text or "")
-    return bool(match) and match.group(1) in {info.name for info in list_kinds() if not info.grid}
+    return next((info for info in list_kinds() if match and info.name == match.group(1)), None)
+
+
+def other_seeds_kind(text: str | None) -> bool:
+    """Whether a --qtype / -qw text names one of the other seeds' kinds (apot4, binary, ...)."""
+    info = _named_kind(text)
+    return info is not None and not info.grid
+
+
+def calibrated_activation_kind(text: str | None) -> bool:
+    """Whether a --qtype text names a kind whose activation scale is fitted on calibration images."""
+    info = _named_kind(text)
+    return info is not None and info.calibrated_activations
 
 
 def act_quant_point(args: argparse.Namespace) -> str:

@@ -41,7 +41,7 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
     Under torchrun (``options.process``) calibration batches are split over the processes and
     their statistics merged exactly before use; only rank 0 writes the statistics file."""
     from pytorch_quantizer.activation_bias import fold_activation_bias
-    from pytorch_quantizer.families import CALIBRATED_ACTIVATIONS, calibrate_activations
+    from pytorch_quantizer.families import calibrate_activations
     from pytorch_quantizer.stats_io import StatisticsFile, load_statistics, save_statistics
     from pytorch_quantizer.transform import QuantizedModel
 
@@ -54,7 +54,7 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
         result = SimulationResult(EvalResult(0, 0, 0, 0), "on the fly (each evaluated batch)")
         calibration = None
         folded_bca = args.bca and config.departures.bca_folded
-        family_calibration = (config.activations is not None and config.activations.kind in CALIBRATED_ACTIVATIONS
+        family_calibration = (config.activations is not None and config.activations.kind.calibrated_activations
                               and args.load_qat is None)
         if family_calibration and process.distributed:
             raise UserError(f"{args.qtype} activations are calibrated in one process: run without torchrun")

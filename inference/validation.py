@@ -106,9 +106,9 @@ def check_no_effect(args: argparse.Namespace, parser: argparse.ArgumentParser, c
 
 
 def calibrates(args: argparse.Namespace) -> bool:
-    from inference.quant_flags import other_seeds_kind
+    from inference.quant_flags import calibrated_activation_kind
 
-    family_activations = other_seeds_kind(args.qtype) and not args.qtype.startswith(("binary", "dorefa"))
+    family_activations = calibrated_activation_kind(args.qtype)
     return not args.q_off and (args.sm == "collect" or args.ac or args.bca or family_activations
                                or args.qat_epochs > 0)
 

@@ -56,6 +56,13 @@ class WeightKind(str, Enum):
         """The seed's kinds (GEMMLOWP grids, k-means): clipping, allocation and statistics apply."""
         return self in (WeightKind.INT, WeightKind.KMEANS)
 
+    @property
+    def calibrated_activations(self) -> bool:
+        """Activations of this kind have a scale fitted on calibration images (``kinds.KindInfo``)."""
+        from pytorch_quantizer.kinds import get_kind
+
+        return get_kind(self.value).calibrated_activations
+
 
 PER_LAYER_KINDS = (WeightKind.TERNARY, WeightKind.DOREFA, WeightKind.N2UQ)
 

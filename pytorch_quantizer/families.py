@@ -35,7 +35,6 @@ ALPHA_CANDIDATES = 100
 SAMPLES_PER_LAYER = 1 << 16
 LEVEL_KINDS = {WeightKind.UNIFORM: LevelFamily.UNIFORM, WeightKind.POT: LevelFamily.POT,
                WeightKind.APOT: LevelFamily.APOT}
-CALIBRATED_ACTIVATIONS = (*LEVEL_KINDS, WeightKind.N2UQ)
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ def calibrate_activations(quantized, batches, device: torch.device) -> dict[str,
     """Calibrated plans of every layer whose activation kind needs calibration, from the inputs the
     BN-folded float model gives them on ``batches`` (``quantized``: a ``transform.QuantizedModel``)."""
     names = [name for name, plan in quantized.activation_plans().items()
-             if plan.activation.kind in CALIBRATED_ACTIVATIONS]
+             if plan.activation.kind.calibrated_activations]
     if not names:
         return {}
     with quantized.float_model() as model, sampling_inputs(model, names, quantized.config.seed) as (samples, generator):

@@ -18,7 +18,9 @@ KIND_PATTERN = re.compile(r"^(.*?)(\d*)$")  # the shortest name: n2uq2 is n2uq a
 @dataclass(frozen=True)
 class KindInfo:
     """``fixed_bits``: the kind's width when its name carries none (binary 1, ternary 2);
-    ``min_bits`` / ``max_bits`` bound the digits of the name for weights and activations."""
+    ``min_bits`` / ``max_bits`` bound the digits of the name for weights and activations;
+    ``calibrated_activations``: its activation scale is fitted on calibration images (a clipping
+    alpha, N2UQ thresholds), so activations of this kind read the calibration split."""
 
     name: str
     description: str
@@ -29,6 +31,7 @@ class KindInfo:
     max_activation_bits: int | None = None
     fixed_bits: int | None = None
     grid: bool = False
+    calibrated_activations: bool = False
 
     def spelled(self, bits: int | None = None) -> str:
         return self.name if self.fixed_bits is not None else f"{self.name}{bits if bits is not None else 'N'}"
@@ -81,11 +84,12 @@ def parse_kind(text: str, for_weights: bool) -> tuple[str, int]:
 INT = register_kind(KindInfo("int", "GEMMLOWP integer grid (the seed's)", True, True, grid=True))
 KMEANS = register_kind(KindInfo("kmeans", "k-means centroids per tensor or channel (weights)", True, False, max_bits=8))
 UNIFORM = register_kind(KindInfo("uniform", "uniform levels, sign + b-1 magnitude bits for weights, MSE-calibrated "
-                                 "clipping alpha (the APoT code path's baseline)", True, True, 2, 8))
+                                 "clipping alpha (the APoT code path's baseline)", True, True, 2, 8,
+                                 calibrated_activations=True))
 POT = register_kind(KindInfo("pot", "powers of two {0, 2^-i} scaled by alpha (APoT paper's PoT)", True, True, 2, 8,
-                             max_activation_bits=7))
+                             max_activation_bits=7, calibrated_activations=True))
 APOT = register_kind(KindInfo("apot", "additive powers of two (APoT, ICLR 2020), MSE-calibrated alpha", True, True,
-                              2, 8))
+                              2, 8, calibrated_activations=True))
 BINARY = register_kind(KindInfo("binary", "XNOR-Net: sign with alpha = mean|W| per output channel; activations "
                                 "sign with the per-position scale K", True, True, fixed_bits=1))
 TERNARY = register_kind(KindInfo("ternary", "TWN: delta = 0.7 mean|W|, alpha = mean |W| over |W| > delta (weights)",
@@ -93,4 +97,4 @@ TERNARY = register_kind(KindInfo("ternary", "TWN: delta = 0.7 mean|W|, alpha = m
 DOREFA = register_kind(KindInfo("dorefa", "DoReFa-Net: weights tanh-normalised k-bit in [-1, 1] (rescaled to the "
                                 "layer), activations k-bit on clip(x, 0, 1)", True, True, 1, 16))
 N2UQ = register_kind(KindInfo("n2uq", "N2UQ: non-uniform input thresholds (Lloyd-Max calibrated), uniform output "
-                              "levels", True, True, 1, 8))
+                              "levels", True, True, 1, 8, calibrated_activations=True))
