@@ -87,7 +87,7 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
             quantized.use_statistics(reduced(accumulators, args.sk, quantized.kept_layers()))
             result.statistics = f"calibrated on {images} images of {calibration.source}"
         if family_calibration:
-            quantized.use_family_plans(calibrate_activations(
+            quantized.family_activations.use(calibrate_activations(
                 quantized, progress(calibration.loader, "calibration", process.is_main), device))
             result.statistics = f"{args.qtype} calibrated on {calibration.images} images of {calibration.source}"
         if args.load_qat is not None:

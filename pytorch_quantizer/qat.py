@@ -204,7 +204,7 @@ def fine_tune(quantized, batches, epochs: int, lr: float, device: torch.device, 
                                                        plan.weight.per_channel)
             parametrize.register_parametrization(module, "weight", weight_quantizers[name])
     activation_quantizers = {name: ActivationQuantizer(plan.activation.kind, plan.activation.bits,
-                                                       quantized.family_plans.get(name)).to(device)
+                                                       quantized.family_activations.plans.get(name)).to(device)
                              for name, plan in layers.items()
                              if plan.activation is not None and plan.activation.kind in QAT_KINDS}
     parameters = [parameter for parameter in model.parameters()]
@@ -251,5 +251,5 @@ def settle(quantized, weight_quantizers: dict[str, nn.Module], activation_quanti
             quantized.record_trained_weight(name, float_weight, quantized_weight)
         else:
             quantized.requantize_weight(name)
-    quantized.use_family_plans({name: plan for name, quantizer in activation_quantizers.items()
+    quantized.family_activations.use({name: plan for name, quantizer in activation_quantizers.items()
                                 if (plan := quantizer.plan()) is not None})

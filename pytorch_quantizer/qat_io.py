@@ -29,7 +29,7 @@ def save_qat(path: Path, quantized, model_name: str, recipe: str) -> None:
             entry["bias"] = module.bias.detach().cpu().clone()
         layers[name] = entry
     plans = {name: {"scale": plan.scale.detach().cpu(), "thresholds": plan.thresholds.detach().cpu(),
-                    "values": plan.values.detach().cpu()} for name, plan in quantized.family_plans.items()}
+                    "values": plan.values.detach().cpu()} for name, plan in quantized.family_activations.plans.items()}
     payload = {"format": FORMAT, "version": VERSION, "model": model_name, "recipe": recipe, "layers": layers,
                "activation_plans": plans}
     write_atomically(path, lambda temporary: torch.save(payload, temporary))
@@ -72,4 +72,4 @@ def load_qat(path: Path, quantized, model_name: str, recipe: str) -> None:
             if module.bias is not None:
                 module.bias.data.copy_(entry["bias"])
             quantized.record_trained_weight(name, entry["float_weight"], entry["weight"])
-    quantized.use_family_plans(loaded_plans)
+    quantized.family_activations.use(loaded_plans)

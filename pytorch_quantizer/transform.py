@@ -15,25 +15,25 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import math
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-from pytorch_quantizer import backend, families
+from pytorch_quantizer import families
 from pytorch_quantizer.bias_correction import correct_positive_outputs, correct_weights
 from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec, WeightKind
-from pytorch_quantizer.entropy import huffman_bits_per_symbol, shannon_entropy, weighted_average
+from pytorch_quantizer.entropy import weighted_average
 from pytorch_quantizer.errors import InputError
+from pytorch_quantizer.family_activations import FamilyActivations
 from pytorch_quantizer.graph import GEMM_LAYERS, ModelGraph, fold_batch_norms, has_spatial_extent, trace_graph
 from pytorch_quantizer.kmeans import kmeans_quantize
+from pytorch_quantizer.layer_measures import LayerMeasures, value_codes
 from pytorch_quantizer.observers import ObservedLayer, StatsAccumulator, observe, observing
 from pytorch_quantizer.quantizer import QuantPlan, apply_plan, plan_quantization, quantize_tensor
 from pytorch_quantizer.stats import TensorStats
 
-CODE_OFFSET = 1 << 16  # codes lie in [-2^16, 2^16): GEMMLOWP ones up to 2^16 - 1, mid-tread ones signed
 ACTIVATION_AXIS = 1
 RELU6_CEILING = 6.0
 
@@ -47,57 +47,6 @@ class LayerPlan:
     fused_activation: type | None = None
     kept_8bit: bool = False
     per_tensor_only: bool = False   # kept at 8 bits, or an activation without spatial extent
-
-
-@dataclass
-class LayerMeasures:
-    """Running figures of one layer and tensor kind: code histogram, element count, squared error."""
-
-    histogram: torch.Tensor | None = None
-    elements: int = 0
-    squared_error: float = 0.0
-    signal_energy: float = 0.0
-    mean_bits: float = float("nan")
-    clip_mean: float = float("nan")
-    error_measured: bool = False
-
-    def add_codes(self, codes: torch.Tensor) -> None:
-        counts = backend.code_histogram(codes, -CODE_OFFSET, 2 * CODE_OFFSET).cpu()
-        self.histogram = counts if self.histogram is None else self.histogram + counts
-
-    def merge(self, sum_over_processes) -> None:
-        """Add the histogram, element count and error sums of every process (``sum_over_processes``
-        is an all-reduce sum such as ``ProcessInfo.sum``); the counts add exactly."""
-        if self.histogram is not None:
-            self.histogram = sum_over_processes(self.histogram)
-        totals = sum_over_processes(torch.tensor([self.squared_error, self.signal_energy], dtype=torch.float64))
-        self.squared_error, self.signal_energy = (float(value) for value in totals)
-        self.elements = int(sum_over_processes(torch.tensor(self.elements, dtype=torch.int64)))
-
-    def add_error(self, reference: torch.Tensor, quantized: torch.Tensor) -> None:
-        self.error_measured = True
-        self.squared_error += float((quantized.float() - reference.float()).square().sum())
-        self.signal_energy += float(reference.float().square().sum())
-
-    @property
-    def mse(self) -> float:
-        return self.squared_error / self.elements if self.elements and self.error_measured else float("nan")
-
-    @property
-    def sqnr_db(self) -> float:
-        if not self.elements or not self.error_measured:
-            return float("nan")
-        if self.squared_error == 0:
-            return float("inf")
-        return 10 * math.log10(max(self.signal_energy, 1e-30) / self.squared_error)
-
-    @property
-    def entropy(self) -> float:
-        return shannon_entropy(self.histogram.numpy()) if self.histogram is not None else float("nan")
-
-    @property
-    def huffman(self) -> float:
-        return huffman_bits_per_symbol(self.histogram.numpy()) if self.histogram is not None else float("nan")
 
 
 def observed_layer(spec: TensorQuantSpec, axis: int, image_averaged_range: bool = False) -> ObservedLayer:
@@ -164,17 +113,6 @@ def check_patterns_match(layer_names: list[str], config: QuantConfig) -> None:
                          "is quantized; narrow the patterns, or drop --qtype / -qw for an FP32 run")
 
 
-def value_codes(values: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """Integer codes of quantized values: the rank of each value among the distinct values of its
-    tensor (of its output channel when ``per_channel``). A relabelling of the levels in use, so the
-    entropy of the codes is that of the levels."""
-    rows = values.detach().reshape(values.shape[0] if per_channel else 1, -1)
-    codes = torch.empty_like(rows)
-    for index, row in enumerate(rows):
-        codes[index] = torch.unique(row, return_inverse=True)[1].to(rows.dtype)
-    return codes.reshape(values.shape)
-
-
 @dataclass
 class QuantizedModel:
     """``with QuantizedModel(model, config, example_input) as quantized: quantized.model(x)``."""
@@ -190,10 +128,9 @@ class QuantizedModel:
     weight_measures: dict[str, LayerMeasures] = field(init=False, default_factory=dict)
     activation_measures: dict[str, LayerMeasures] = field(init=False, default_factory=dict)
     float_params: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(init=False, default_factory=dict)
-    family_plans: dict[str, families.LevelPlan] = field(init=False, default_factory=dict)
+    family_activations: FamilyActivations = field(init=False, default_factory=FamilyActivations)
 
     def __post_init__(self):
-        self._xnor_scales: dict[str, torch.Tensor] = {}
         self._handles = []
         self._bypass = False
         self._rounding_calls = 0
@@ -218,10 +155,8 @@ class QuantizedModel:
                 self._handles.append(module.register_forward_hook(self.output_hook(name)))
             else:
                 self._handles.append(module.register_forward_pre_hook(self.input_hook(name)))
-            if plan.activation.kind == WeightKind.BINARY:
+            if not plan.activation.kind.grid and self.family_activations.add_layer(name, plan.activation):
                 self._handles.append(module.register_forward_hook(self.xnor_output_hook(name)))
-            elif (fixed := families.fixed_activation_plan(plan.activation.kind, plan.activation.bits)) is not None:
-                self.family_plans[name] = fixed
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -349,25 +284,11 @@ class QuantizedModel:
         spec = plan.activation
         return not (self.config.departures.batch_range or spec.per_channel or spec.clipping != "no" or plan.kept_8bit)
 
-    def use_family_plans(self, plans: dict[str, "families.LevelPlan"]) -> None:
-        """Calibrated activation plans of the other seeds' kinds (``families.calibrate_activations``)."""
-        self.family_plans.update(plans)
-
     @torch.no_grad()
     def quantize_family_activation(self, name: str, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-        """The other seeds' kinds: XNOR's sign (its K scales the GEMM output) or a level plan."""
+        """The other seeds' kinds (``family_activations``): XNOR's sign or a level plan."""
         spec = self.plans[name].activation
-        codes = None
-        if spec.kind == WeightKind.BINARY:
-            values, self._xnor_scales[name] = families.xnor_input(x, module)
-            codes = (values > 0).float() if self.config.measure_entropy else None
-        else:
-            plan = self.family_plans.get(name)
-            if plan is None:
-                raise InputError(f"layer {name} runs but its {spec.kind.value} activations were never calibrated "
-                                 "(calibration never reached it)")
-            values = plan.apply(x)
-            codes = plan.codes(x) if self.config.measure_entropy else None
+        values, codes = self.family_activations.quantize(name, spec, x, module, self.config.measure_entropy)
         measures = self.activation_measures[name]
         measures.elements += x.numel()
         measures.mean_bits = float(spec.bits)
@@ -381,7 +302,7 @@ class QuantizedModel:
         def hook(module, args, output):
             if self._bypass:
                 return None
-            return families.xnor_output(output, self._xnor_scales.pop(name), module)
+            return self.family_activations.xnor_output(name, output, module)
         return hook
 
     @torch.no_grad()

@@ -36,7 +36,7 @@ def test_a_qat_step_changes_the_weights_and_lowers_the_loss_on_a_fixed_batch(fix
         act_quant_point=ActQuantPoint.INPUT, keep_8bit=("conv1", "fc"))
     model = create_model("fmnist_resnet20")
     with QuantizedModel(model, config, inputs[:2]) as quantized:
-        quantized.use_family_plans(families.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
+        quantized.family_activations.use(families.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
         before = quantized.model.get_submodule("layer1.0.conv1").weight.detach().clone()
         outcome = qat.fine_tune(quantized, [(inputs, labels)], epochs=6, lr=1e-4, device=torch.device("cpu"))
         after = quantized.model.get_submodule("layer1.0.conv1").weight.detach()
@@ -52,10 +52,10 @@ def test_apot_alpha_is_learned_and_evaluation_uses_it(fixed_batch):
     inputs, labels = fixed_batch
     model = create_model("fmnist_resnet20")
     with QuantizedModel(model, w2a2(WeightKind.APOT), inputs[:2]) as quantized:
-        quantized.use_family_plans(families.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
-        calibrated = quantized.family_plans["layer2.0.conv1"].scale.clone()
+        quantized.family_activations.use(families.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
+        calibrated = quantized.family_activations.plans["layer2.0.conv1"].scale.clone()
         qat.fine_tune(quantized, [(inputs, labels)], epochs=3, lr=1e-2, device=torch.device("cpu"))
-        assert quantized.family_plans["layer2.0.conv1"].scale.item() != pytest.approx(calibrated.item(), rel=1e-6)
+        assert quantized.family_activations.plans["layer2.0.conv1"].scale.item() != pytest.approx(calibrated.item(), rel=1e-6)
 
 
 def test_a_saved_qat_model_reloads_to_identical_logits(fixed_batch, tmp_path):
@@ -63,7 +63,7 @@ def test_a_saved_qat_model_reloads_to_identical_logits(fixed_batch, tmp_path):
     config = w2a2(WeightKind.N2UQ)
     path = tmp_path / "qat.pt"
     with QuantizedModel(create_model("fmnist_resnet20"), config, inputs[:2]) as quantized:
-        quantized.use_family_plans(families.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
+        quantized.family_activations.use(families.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
         qat.fine_tune(quantized, [(inputs, labels)], epochs=2, lr=1e-3, device=torch.device("cpu"))
         with torch.no_grad():
             trained = quantized.model(inputs)
@@ -125,7 +125,7 @@ def test_qat_without_a_training_split_names_the_fix(run_cli, tmp_path):
 
 
 def test_trained_weight_codes_relabel_the_levels_in_use():
-    from pytorch_quantizer.transform import value_codes
+    from pytorch_quantizer.layer_measures import value_codes
 
     values = torch.tensor([[0.5, -0.5, 0.5], [2.0, 2.0, -1.0]])
     assert value_codes(values, per_channel=True).tolist() == [[1, 0, 1], [1, 1, 0]]

@@ -3,7 +3,6 @@ seed-ordering sentence, and the ImageNet development rows replaced by the foolbo
 note) when ../shared is absent."""
 import sqlite3
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
