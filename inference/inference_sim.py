@@ -23,6 +23,7 @@ from inference.models import get_model_spec, list_models  # noqa: E402
 from inference.qat_flags import add_qat_flags  # noqa: E402
 from inference.quant_flags import add_quantization_flags  # noqa: E402
 from inference.seed_compat import add_rejected_seed_flags, translate_seed_long_names  # noqa: E402
+from inference.weight_method_flags import add_weight_method_flags  # noqa: E402
 from inference.validation import calibration_choice, calibrates, resolve_device, validate  # noqa: E402
 
 DEFAULT_ARCH = "efficientnet_lite0"
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "or auto (kernels when built, else reference with a warning; default)")
     add_quantization_flags(parser, positive_int)
     add_qat_flags(parser, positive_int, non_negative_int)
+    add_weight_method_flags(parser)
     add_rejected_seed_flags(parser)
     return parser
 
@@ -209,6 +211,8 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None, dat
         if simulation.calibration is not None:
             extra |= {"calibration": simulation.calibration, "calibration_images": simulation.calibration_images,
                       "calibration_overlaps_eval": simulation.calibration_overlaps_eval}
+        if simulation.equalization is not None:
+            extra |= {f"equalization.{key}": value for key, value in simulation.equalization.items()}
         if simulation.qat is not None:
             extra |= {"qat_epochs": args.qat_epochs, "qat_final_loss": simulation.qat.losses[-1],
                       "qat_train_top1": simulation.qat.epoch_accuracy[-1], "qat_losses": simulation.qat.losses}

@@ -259,6 +259,8 @@ def statistics_path(args: argparse.Namespace, per_channel: bool) -> Path:
 
 def statistics_point(args: argparse.Namespace) -> str:
     """Where statistics are observed: ``input``, ``output`` (pre-activation, the seed's) or
-    ``output.rectified`` (after a fused ReLU, with --rectified-aciq); files of one do not serve another."""
+    ``output.rectified`` (after a fused ReLU, with --rectified-aciq), ``.equalized`` after the point
+    with --equalize (another float model); files of one do not serve another."""
     point = act_quant_point(args)
-    return f"{point}.rectified" if point == "output" and departures_from_args(args).rectified_aciq else point
+    point = f"{point}.rectified" if point == "output" and departures_from_args(args).rectified_aciq else point
+    return f"{point}.equalized" if getattr(args, "equalize", False) else point

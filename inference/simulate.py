@@ -31,6 +31,7 @@ class SimulationResult:
     files: dict[str, str] = field(default_factory=dict)
     qat: "QatOutcome | None" = None  # noqa: F821 - pytorch_quantizer.qat, imported when fine-tuning
     calibration_skipped: list[str] = field(default_factory=list)  # undecodable files, with --skip-bad-images
+    equalization: dict | None = None  # --equalize: chains, sweeps, absorbed channels, seconds
 
 
 def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, loader, config,
@@ -49,9 +50,12 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
     per_channel = config.activations is not None and config.activations.per_channel
     path = statistics_path(args, per_channel)
     process = options.process
-    with QuantizedModel(model, config, example[:2].to(device), measure_error=measure_error) as quantized:
+    source, equalization = equalized(model) if args.equalize else (model, None)
+    with QuantizedModel(source, config, example[:2].to(device), inplace=args.equalize,
+                        measure_error=measure_error) as quantized:
         layers = sorted(quantized.activation_plans())
-        result = SimulationResult(EvalResult(0, 0, 0, 0), "on the fly (each evaluated batch)")
+        result = SimulationResult(EvalResult(0, 0, 0, 0), "on the fly (each evaluated batch)",
+                                  equalization=equalization)
         calibration = None
         folded_bca = args.bca and config.departures.bca_folded
         family_calibration = (config.activations is not None and config.activations.kind.calibrated_activations
@@ -116,6 +120,22 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
     return result
 
 
+def equalized(model: torch.nn.Module) -> tuple[torch.nn.Module, dict]:
+    """--equalize: the cross-layer equalized, high-bias absorbed float copy, and what was done."""
+    import time
+
+    from pytorch_quantizer.equalization import equalize
+
+    start = time.perf_counter()
+    try:
+        transformed, report = equalize(model)
+    except ValueError as error:
+        raise UserError(f"--equalize: {error}; run without --equalize") from error
+    return transformed, {"chains": report.chains, "sweeps": report.sweeps,
+                         "absorbed_channels": report.absorbed_channels,
+                         "seconds": round(time.perf_counter() - start, 3)}
+
+
 def fine_tune(args: argparse.Namespace, quantized, data: RunData, options: LoaderOptions, device: torch.device):
     """--qat-epochs on -cs labelled images of the calibration split (never the evaluated ones)."""
     from dataclasses import replace
@@ -160,4 +180,4 @@ def require_statistics_file(args: argparse.Namespace, config) -> None:
         path = statistics_path(args, config.activations.per_channel)
         if not path.is_file():
             raise UserError(f"-sm use: no statistics file {path} for {args.arch}; run with -sm collect first "
-                            "(same -pcq_a and --act-quant-point) or point -sf at its folder")
+                            "(same -pcq_a, --act-quant-point and --equalize) or point -sf at its folder")

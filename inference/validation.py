@@ -9,9 +9,10 @@ from pathlib import Path
 
 from inference.errors import UserError
 from inference.models import get_model_spec, weights_path
+from inference.weight_method_flags import GROUP_TITLE, check_weight_method_flags
 
 QUANTIZATION_GROUPS = ("quantization (Banner et al. recipe)", "departures from the seed's arithmetic (each off by default)",
-                       "activation statistics")
+                       "activation statistics", GROUP_TITLE)
 ALWAYS_MEANINGFUL = {"qtype", "qweight", "q_off"}
 ACTIVATION_ONLY = {"pcq_a": "-pcq_a", "clipping": "-c", "baa": "-baa", "bata": "-bata", "bap": "-bap", "sk": "-sk",
                    "sba": "-sba", "kld": "-kld", "ac": "-ac", "sm": "-sm", "act_quant_point": "--act-quant-point",
@@ -147,6 +148,7 @@ def validate(args: argparse.Namespace):
     check_patterns(args)
     check_clipping_names(args)
     check_qat_flags(args)
+    check_weight_method_flags(args)
     check_outputs(args)
     spec = get_model_spec(args.arch)
     if not args.random_init:

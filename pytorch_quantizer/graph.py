@@ -1,24 +1,45 @@
 """Structure found by running the model once: which BatchNorm reads which conv's output, and
-which ReLU / ReLU6 reads which conv (or folded BN) output. Found by tensor identity in hooks, so
+which ReLU / ReLU6 (or ``ChannelClamp``, equalization's per-channel ReLU6) reads which conv (or
+folded BN) output. Found by tensor identity in hooks, so
 it follows the real data flow, not module registration order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 GEMM_LAYERS = (nn.Conv2d, nn.Linear)
+
+
+class ChannelClamp(nn.Module):
+    """clamp(x, lower_c, upper_c) per channel (dim 1): a ReLU / ReLU6 after equalization rescaled
+    and absorption shifted its channels."""
+
+    def __init__(self, lower: torch.Tensor, upper: torch.Tensor):
+        super().__init__()
+        self.register_buffer("lower", lower.detach().clone().float())
+        self.register_buffer("upper", upper.detach().clone().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.clamp(x, self.lower.reshape(shape).to(x.dtype), self.upper.reshape(shape).to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.lower.numel()}"
+
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, ChannelClamp)
 
 
 @dataclass(frozen=True)
 class ModelGraph:
     bn_after_conv: dict[str, str]       # batch norm name -> conv name
-    activation_after: dict[str, type]   # conv name -> ReLU or ReLU6 class applied to its (BN-folded) output
+    activation_after: dict[str, type]   # conv name -> ReLU, ReLU6 or ChannelClamp class applied to its (BN-folded) output
     input_shapes: dict[str, tuple[int, ...]]    # Conv/Linear name -> shape of its input
     output_shapes: dict[str, tuple[int, ...]]   # Conv/Linear name -> shape of its output
+    clamps_after: dict[str, ChannelClamp] = field(default_factory=dict)  # conv name -> its ChannelClamp
 
 
 def has_spatial_extent(shape: tuple[int, ...]) -> bool:
@@ -58,9 +79,14 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
                 alive.append(output)
         return hook
 
+    clamps_after: dict[str, ChannelClamp] = {}
+
     def activation_input(module, args):
         if id(args[0]) in producers:
-            activation_after.setdefault(producers[id(args[0])], type(module))
+            conv = producers[id(args[0])]
+            activation_after.setdefault(conv, type(module))
+            if isinstance(module, ChannelClamp):
+                clamps_after.setdefault(conv, module)
 
     handles = []
     for name, module in model.named_modules():
@@ -79,7 +105,7 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return ModelGraph(bn_after_conv, activation_after, input_shapes, output_shapes)
+    return ModelGraph(bn_after_conv, activation_after, input_shapes, output_shapes, clamps_after)
 
 
 def set_submodule(model: nn.Module, name: str, replacement: nn.Module) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -27,7 +28,7 @@ from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec
 from pytorch_quantizer.entropy import weighted_average
 from pytorch_quantizer.errors import InputError
 from pytorch_quantizer.family_activations import FamilyActivations
-from pytorch_quantizer.graph import GEMM_LAYERS, ModelGraph, fold_batch_norms, has_spatial_extent, trace_graph
+from pytorch_quantizer.graph import GEMM_LAYERS, ChannelClamp, ModelGraph, fold_batch_norms, has_spatial_extent, trace_graph
 from pytorch_quantizer.kmeans import kmeans_quantize
 from pytorch_quantizer.layer_measures import LayerMeasures, value_codes
 from pytorch_quantizer.observers import ObservedLayer, StatsAccumulator, observe, observing
@@ -132,6 +133,7 @@ class QuantizedModel:
 
     def __post_init__(self):
         self._handles = []
+        self._fused_clamps: dict[str, ChannelClamp] = {}
         self._bypass = False
         self._rounding_calls = 0
         self._fixed_plans: dict[str, QuantPlan] = {}
@@ -142,6 +144,7 @@ class QuantizedModel:
         graph = trace_graph(self.model, self.example_input)
         fold_batch_norms(self.model, graph.bn_after_conv)
         self.plans = plan_layers(self.model, self.config, graph)
+        self._fused_clamps = graph.clamps_after
         for name, plan in self.plans.items():
             module = self.model.get_submodule(name)
             bias = module.bias.detach().clone() if module.bias is not None else None
@@ -259,6 +262,8 @@ class QuantizedModel:
             return torch.relu(output)
         if fused is nn.ReLU6:
             return torch.clamp(output, 0.0, 6.0)
+        if fused is ChannelClamp:
+            return self._fused_clamps[name](output)
         return output
 
     def observed_value(self, name: str, output: torch.Tensor) -> torch.Tensor:
@@ -273,8 +278,12 @@ class QuantizedModel:
 
     def ceiling(self, name: str) -> float | None:
         """A fused ReLU6 is fused whole: the range ends at 6 (the seed's models have only ReLU, whose
-        fusion is the range starting at 0)."""
-        return RELU6_CEILING if self.plans[name].fused_activation is nn.ReLU6 else None
+        fusion is the range starting at 0); equalization's per-channel ReLU6 at its highest ceiling."""
+        fused = self.plans[name].fused_activation
+        if fused is ChannelClamp:
+            highest = float(self._fused_clamps[name].upper.max())
+            return highest if math.isfinite(highest) else None
+        return RELU6_CEILING if fused is nn.ReLU6 else None
 
     def image_averaged_online(self, name: str) -> bool:
         """The seed's per-batch range of a per-tensor activation without clipping: each image's
