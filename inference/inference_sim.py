@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "or auto (kernels when built, else reference with a warning; default)")
     add_quantization_flags(parser, positive_int)
     add_qat_flags(parser, positive_int, non_negative_int)
-    add_weight_method_flags(parser)
+    add_weight_method_flags(parser, positive_int)
     add_rejected_seed_flags(parser)
     return parser
 
@@ -211,6 +211,8 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None, dat
         if simulation.calibration is not None:
             extra |= {"calibration": simulation.calibration, "calibration_images": simulation.calibration_images,
                       "calibration_overlaps_eval": simulation.calibration_overlaps_eval}
+        if simulation.rounding is not None:
+            extra |= simulation.rounding
         if simulation.equalization is not None:
             extra |= {f"equalization.{key}": value for key, value in simulation.equalization.items()}
         if simulation.qat is not None:

@@ -32,6 +32,7 @@ class SimulationResult:
     qat: "QatOutcome | None" = None  # noqa: F821 - pytorch_quantizer.qat, imported when fine-tuning
     calibration_skipped: list[str] = field(default_factory=list)  # undecodable files, with --skip-bad-images
     equalization: dict | None = None  # --equalize: chains, sweeps, absorbed channels, seconds
+    rounding: dict | None = None  # --adaround: layers, seconds, output errors, file
 
 
 def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, loader, config,
@@ -62,7 +63,11 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
                               and args.load_qat is None)
         if family_calibration and process.distributed:
             raise UserError(f"{args.qtype} activations are calibrated in one process: run without torchrun")
-        if args.sm == "collect" or args.ac or folded_bca or family_calibration:
+        learns_rounding = args.adaround and args.sm != "use"
+        if learns_rounding and process.distributed:
+            raise UserError("--adaround learns in one process: run without torchrun (or load a learned rounding "
+                            "with -sm use)")
+        if args.sm == "collect" or args.ac or folded_bca or family_calibration or learns_rounding:
             calibration = data.calibration_loader(options)
             calibration_batches = progress(calibration.loader, "calibration", process.is_main)
             result.calibration, result.calibration_overlaps_eval = calibration.source, calibration.overlaps_eval
@@ -94,6 +99,10 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
             quantized.family_activations.use(calibrate_activations(
                 quantized, progress(calibration.loader, "calibration", process.is_main), device))
             result.statistics = f"{args.qtype} calibrated on {calibration.images} images of {calibration.source}"
+        if args.adaround:
+            from inference.rounding import settle_rounding
+
+            result.rounding = settle_rounding(args, quantized, calibration, config, device, process.is_main)
         if args.load_qat is not None:
             from inference.qat_flags import recipe_text
             from pytorch_quantizer.qat_io import load_qat

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from pytorch_quantizer import families
+from pytorch_quantizer import adaround, families
 from pytorch_quantizer.bias_correction import correct_positive_outputs, correct_weights
 from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec, WeightKind
 from pytorch_quantizer.entropy import weighted_average
@@ -32,7 +32,7 @@ from pytorch_quantizer.graph import GEMM_LAYERS, ChannelClamp, ModelGraph, fold_
 from pytorch_quantizer.kmeans import kmeans_quantize
 from pytorch_quantizer.layer_measures import LayerMeasures, value_codes
 from pytorch_quantizer.observers import ObservedLayer, StatsAccumulator, observe, observing
-from pytorch_quantizer.quantizer import QuantPlan, apply_plan, plan_quantization, quantize_tensor
+from pytorch_quantizer.quantizer import QuantPlan, apply_plan, plan_quantization
 from pytorch_quantizer.stats import TensorStats
 
 ACTIVATION_AXIS = 1
@@ -130,6 +130,7 @@ class QuantizedModel:
     activation_measures: dict[str, LayerMeasures] = field(init=False, default_factory=dict)
     float_params: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(init=False, default_factory=dict)
     family_activations: FamilyActivations = field(init=False, default_factory=FamilyActivations)
+    weight_roundings: dict[str, torch.Tensor] = field(init=False, default_factory=dict)  # learned (adaround)
 
     def __post_init__(self):
         self._handles = []
@@ -195,17 +196,41 @@ class QuantizedModel:
             values, codes = families.quantize_weight(weight, spec.kind, spec.bits, spec.per_channel)
             measures.mean_bits = float(spec.bits)
         else:
-            outcome = quantize_tensor(weight, observe(weight, observed_layer(spec, 0)), spec, self.config, axis=0,
-                                      seed=self.rounding_seed(), want_codes=True, weights=True)
-            values, codes = outcome.values, outcome.codes
-            measures.mean_bits = float(outcome.bits.float().mean())
-            measures.clip_mean = float(((outcome.hi - outcome.lo) / 2).mean())
+            plan = plan_quantization(observe(weight, observed_layer(spec, 0)), spec, self.config, False, weights=True)
+            up = self.weight_roundings.get(name)
+            if up is None:
+                outcome = apply_plan(weight, plan, 0, seed=self.rounding_seed(), want_codes=True)
+                values, codes = outcome.values, outcome.codes
+            else:
+                grid = adaround.Grid(plan.scale, plan.zero_point, plan.qmax)
+                codes = adaround.rounded_codes(weight, grid, up.to(weight.device))
+                values = adaround.rounded_weight(weight, grid, up.to(weight.device))
+            measures.mean_bits = float(plan.bits.float().mean())
+            measures.clip_mean = float(((plan.hi - plan.lo) / 2).mean())
         if self.config.bias_correct_weights or self.config.variance_correct_weights:
             values = correct_weights(weight, values, self.config.bias_correct_weights, self.config.variance_correct_weights)
         measures.add_codes(codes)
         measures.add_error(weight, values)
         self.weight_measures[name] = measures
         module.weight.data.copy_(values)
+
+    def weight_grid(self, name: str) -> "adaround.Grid | None":
+        """The GEMMLOWP grid of the layer's weight (from its float weight), None where its weight is
+        float, of another kind, or on mid-tread bins."""
+        spec = self.plans[name].weight
+        if spec is None or spec.kind != WeightKind.INT:
+            return None
+        weight = self.float_params[name][0]
+        plan = plan_quantization(observe(weight, observed_layer(spec, 0)), spec, self.config, False, weights=True)
+        return None if plan.mid_tread else adaround.Grid(plan.scale, plan.zero_point, plan.qmax)
+
+    @torch.no_grad()
+    def use_weight_rounding(self, name: str, up: torch.Tensor) -> None:
+        """Quantize the layer's weight again with a learned rounding (``adaround``: 1 rounds up)."""
+        self.weight_roundings[name] = up.detach().float()
+        module = self.model.get_submodule(name)
+        module.weight.data.copy_(self.float_params[name][0])
+        self.quantize_weight(name, module, self.plans[name].weight)
 
     @torch.no_grad()
     def record_trained_weight(self, name: str, float_weight: torch.Tensor, quantized_weight: torch.Tensor) -> None:
@@ -384,6 +409,16 @@ class QuantizedModel:
             yield
         finally:
             self._bypass = previous
+
+    @contextmanager
+    def measures_paused(self):
+        """The activation figures (codes, errors) of the block's passes are dropped: they are
+        calibration passes, not evaluation."""
+        saved = copy.deepcopy(self.activation_measures)
+        try:
+            yield
+        finally:
+            self.activation_measures = saved
 
     @contextmanager
     def float_model(self):

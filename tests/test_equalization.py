@@ -136,8 +136,7 @@ def test_equalize_flag_rescues_per_tensor_w4a4_on_fmnist_mobilenet(run_cli, tmp_
 @pytest.mark.parametrize("argv, message", [
     (["--equalize"], "--equalize has no effect: nothing is quantized"),
     (["--qtype", "apot2", "-qw", "apot2", "--qat-epochs", "1", "--equalize"],
-     "--equalize transforms the float model before post-training quantization and --qat-epochs replaces its "
-     "weights: drop one of them"),
+     "--equalize is a post-training method and --qat-epochs replaces the weights it works on: drop one of them"),
 ])
 def test_equalize_refusals_exit_2_with_one_line(run_cli, argv, message):
     code, _, err = run_cli("-a", "fmnist_mobilenet", *argv)

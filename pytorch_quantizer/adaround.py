@@ -1,0 +1,154 @@
+"""AdaRound (Nagel et al., "Up or Down? Adaptive Rounding for Post-Training Quantization", ICML
+2020): learn, per weight, whether to round down or up on the layer's GEMMLOWP grid, minimising the
+layer-output error on calibration inputs.
+
+With the grid's scale s, zero point z and top code qmax (per tensor or per output channel), and a
+learned logit V per weight:
+
+    h(V)   = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1),   zeta = 1.1, gamma = -0.1
+    W~     = (clamp(floor(W / s) + h(V) + z, 0, qmax) - z) s
+    loss   = mean_(samples, positions) || f(x_q; W~) - f(x; W) ||^2_channels
+             + lambda sum_i (1 - |2 h(V_i) - 1|^beta)
+
+(f the layer, x its float input, x_q its input in the quantized model). The regulariser is off for
+the first ``WARMUP`` of the iterations, then beta decays linearly from 20 to 2, which drives every
+h(V) to 0 or 1; the learned rounding is then h = 1{V >= 0}, so each weight lands on one of its two
+neighbouring grid points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ZETA, GAMMA = 1.1, -0.1
+WARMUP = 0.2
+BETA_START, BETA_END = 20.0, 2.0
+REGULARISATION = 0.01
+LEARNING_RATE = 1e-2
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A GEMMLOWP grid, per tensor (0-d tensors) or per output channel (axis 0)."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    qmax: torch.Tensor
+
+    def shaped(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        shape = (-1,) + (1,) * (weight.dim() - 1) if self.scale.dim() else ()
+        return (self.scale.float().reshape(shape), self.zero_point.float().reshape(shape),
+                self.qmax.float().reshape(shape))
+
+
+def rectified_sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def initial_logits(weight: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """V with h(V) equal to the fractional part of W / s (the soft rounding starts at W itself)."""
+    scale, _, _ = grid.shaped(weight)
+    scaled = weight.float() * (1.0 / scale)
+    rest = scaled - torch.floor(scaled)
+    probability = torch.clamp((rest - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
+    return torch.log(probability / (1 - probability))
+
+
+def rounded_codes(weight: torch.Tensor, grid: Grid, up: torch.Tensor) -> torch.Tensor:
+    """clamp(floor(W / s) + up + z, 0, qmax) for a rounding ``up`` in [0, 1] per weight."""
+    scale, zero_point, qmax = grid.shaped(weight)
+    codes = torch.floor(weight.float() * (1.0 / scale)) + up + zero_point
+    return torch.minimum(torch.clamp(codes, min=0.0), qmax)
+
+
+def rounded_weight(weight: torch.Tensor, grid: Grid, up: torch.Tensor) -> torch.Tensor:
+    """W~ for a rounding ``up`` in [0, 1] per weight (soft while learning, 0 / 1 after)."""
+    scale, zero_point, _ = grid.shaped(weight)
+    return ((rounded_codes(weight, grid, up) - zero_point) * scale).to(weight.dtype)
+
+
+def nearest_rounding(weight: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """The rounding that round-to-nearest takes: 1 where the fractional part of W / s is >= 1/2."""
+    scale, _, _ = grid.shaped(weight)
+    scaled = weight.float() * (1.0 / scale)
+    return (scaled - torch.floor(scaled) >= 0.5).float()
+
+
+def rounding_regulariser(soft: torch.Tensor, beta: float) -> torch.Tensor:
+    """sum (1 - |2h - 1|^beta): zero exactly when every h is 0 or 1."""
+    return (1 - (2 * soft - 1).abs().pow(beta)).sum()
+
+
+def beta_at(step: int, steps: int) -> float | None:
+    """None during the warm-up (no regulariser), then linear from BETA_START to BETA_END."""
+    warmup = int(WARMUP * steps)
+    if step < warmup:
+        return None
+    progress = (step - warmup) / max(steps - warmup - 1, 1)
+    return BETA_START + (BETA_END - BETA_START) * min(progress, 1.0)
+
+
+@dataclass(frozen=True)
+class RoundingResult:
+    """``up``: the learned 0 / 1 rounding per weight; errors: mean squared layer-output error on the
+    calibration inputs with the nearest and with the learned rounding; ``undecided``: the fraction of
+    weights whose soft rounding h(V) ended strictly between 0 and 1."""
+
+    up: torch.Tensor
+    nearest_error: float
+    learned_error: float
+    losses: tuple[float, ...]
+    undecided: float
+
+
+def layer_output(module: nn.Module, weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """The module's output with ``weight`` in place of its own (any Conv2d / Linear subclass)."""
+    return torch.func.functional_call(module, {"weight": weight}, (inputs,))
+
+
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """||f~ - f||^2 summed over the channels (dim 1), averaged over samples and positions."""
+    return (output - target).square().sum(dim=1).mean()
+
+
+def output_error(module: nn.Module, weight: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
+                 batch: int) -> float:
+    with torch.no_grad():
+        total = sum(float((layer_output(module, weight, inputs[start:start + batch])
+                           - targets[start:start + batch]).square().sum()) for start in range(0, len(inputs), batch))
+    return total / targets.numel()
+
+
+def learn_rounding(module: nn.Module, weight: torch.Tensor, grid: Grid, inputs: torch.Tensor,
+                   targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
+                   regularisation: float = REGULARISATION, progress=None) -> RoundingResult:
+    """Learn the rounding of ``weight`` (the layer's float weight) on ``inputs`` (its inputs in the
+    quantized model) against ``targets`` (its float outputs on float inputs). ``progress(step, loss)``
+    is called after every step when given."""
+    weight = weight.detach()
+    logits = initial_logits(weight, grid).requires_grad_(True)
+    optimiser = torch.optim.Adam([logits], lr=LEARNING_RATE)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(iterations):
+        chosen = torch.randint(len(inputs), (min(batch, len(inputs)),), generator=generator)
+        soft = rectified_sigmoid(logits)
+        output = layer_output(module, rounded_weight(weight, grid, soft), inputs[chosen])
+        loss = reconstruction_loss(output, targets[chosen])
+        beta = beta_at(step, iterations)
+        if beta is not None:
+            loss = loss + regularisation * rounding_regulariser(soft, beta)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step, losses[-1])
+    up = (logits.detach() >= 0).float()
+    soft = rectified_sigmoid(logits.detach())
+    nearest = rounded_weight(weight, grid, nearest_rounding(weight, grid))
+    return RoundingResult(up, output_error(module, nearest, inputs, targets, batch),
+                          output_error(module, rounded_weight(weight, grid, up), inputs, targets, batch), tuple(losses),
+                          float(((soft > 0) & (soft < 1)).float().mean()))

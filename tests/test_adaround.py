@@ -1,0 +1,106 @@
+"""AdaRound (``pytorch_quantizer.adaround``, --adaround): the rounding stays within one grid step of
+round-to-nearest, lowers the layer-output error, ends decided (0 / 1) because of its regulariser,
+and a saved rounding reloads to the same model; the CLI's refusals."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pytorch_quantizer import adaround, primitives
+
+
+def conv_case(seed: int = 0):
+    """A 4-bit per-channel grid for a conv, and inputs with correlated channels (as real feature maps)."""
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(16, 32, 3, padding=1)
+    weight = conv.weight.detach()
+    rows = weight.reshape(32, -1)
+    scale, zero_point, qmax = primitives.seed_gemmlowp_params(rows.amin(1), rows.amax(1), torch.full((32,), 4.0), False)
+    mixing = torch.randn(16, 16) / 4 + torch.eye(16)
+    inputs = torch.einsum("nchw,cd->ndhw", torch.randn(256, 16, 8, 8), mixing).relu()
+    with torch.no_grad():
+        targets = conv(inputs)
+    return conv, weight, adaround.Grid(scale, zero_point, qmax), inputs, targets
+
+
+def test_nearest_rounding_is_the_grid_of_fake_quantize():
+    _, weight, grid, _, _ = conv_case()
+    nearest = adaround.rounded_weight(weight, grid, adaround.nearest_rounding(weight, grid))
+    assert torch.equal(nearest, primitives.fake_quantize(weight, grid.scale, grid.zero_point, grid.qmax, 0))
+
+
+def test_learned_rounding_is_within_one_step_and_lowers_the_output_error():
+    conv, weight, grid, inputs, targets = conv_case()
+    result = adaround.learn_rounding(conv, weight, grid, inputs, targets, iterations=600, batch=32)
+    nearest = adaround.rounded_weight(weight, grid, adaround.nearest_rounding(weight, grid))
+    learned = adaround.rounded_weight(weight, grid, result.up)
+    steps = ((learned - nearest).abs() / grid.scale.reshape(-1, 1, 1, 1)).round()
+    assert steps.max() <= 1
+    assert (steps == 1).any()                      # it did change some roundings
+    assert result.learned_error < result.nearest_error
+
+
+def test_the_regulariser_drives_the_soft_rounding_to_zero_or_one():
+    conv, weight, grid, inputs, targets = conv_case()
+    regularised = adaround.learn_rounding(conv, weight, grid, inputs, targets, iterations=600, batch=32)
+    free = adaround.learn_rounding(conv, weight, grid, inputs, targets, iterations=600, batch=32, regularisation=0.0)
+    assert regularised.undecided < 0.01
+    assert free.undecided > 0.5
+
+
+def test_beta_is_off_during_warm_up_then_anneals_from_20_to_2():
+    assert adaround.beta_at(0, 100) is None and adaround.beta_at(19, 100) is None
+    assert adaround.beta_at(20, 100) == pytest.approx(20.0)
+    assert adaround.beta_at(99, 100) == pytest.approx(2.0)
+    assert adaround.rounding_regulariser(torch.tensor([0.0, 1.0, 0.5]), 2.0) == pytest.approx(1.0)
+
+
+def test_initial_soft_rounding_reproduces_the_float_weight_inside_the_grid():
+    _, weight, grid, _, _ = conv_case()
+    soft = adaround.rectified_sigmoid(adaround.initial_logits(weight, grid))
+    scale, zero_point, qmax = grid.shaped(weight)
+    codes = torch.floor(weight * (1.0 / scale)) + soft + zero_point
+    inside = (codes >= 0) & (codes <= qmax)          # the clamp at the grid's ends aside
+    assert inside.float().mean() > 0.9
+    difference = (adaround.rounded_weight(weight, grid, soft) - weight).abs() / scale
+    assert float(difference[inside].max()) < 1e-3
+
+
+def test_saved_rounding_reloads_to_the_same_model(run_cli, tmp_path):
+    common = ["-a", "fmnist_mobilenet", "--qtype", "int4", "-qw", "int4", "-c", "laplace", "-b", "100",
+              "--subset", "100", "--adaround", "-sf", tmp_path]
+    learned, reused = tmp_path / "learned.json", tmp_path / "reused.json"
+    code, _, err = run_cli(*common, "-sm", "collect", "-cs", "64", "--recon-iters", "20", "--results-json", learned)
+    assert code == 0, err
+    code, _, err = run_cli(*common, "-sm", "use", "--results-json", reused)
+    assert code == 0, err
+    first, second = json.loads(learned.read_text()), json.loads(reused.read_text())
+    assert first["rounding_layers"] == 26 and "rounding_layers" not in second
+    assert second["rounding_file"] == first["rounding_file"]
+    assert (first["top1"], first["loss"]) == (second["top1"], second["loss"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--qtype", "int4", "--recon-iters", "5"], "--recon-iters concerns learned rounding: add --adaround"),
+    (["--qtype", "int4", "-qw", "apot4", "--adaround"],
+     "--adaround learns the rounding of integer-grid weights and -qw is apot4: use -qw intN"),
+    (["--qtype", "int4", "--adaround", "-s"], "--adaround learns a fixed rounding and -s rounds at random"),
+    (["--qtype", "apot2", "-qw", "apot2", "--qat-epochs", "1", "--adaround"],
+     "--adaround is a post-training method and --qat-epochs replaces the weights it works on"),
+])
+def test_adaround_refusals_exit_2_with_one_line(run_cli, argv, message):
+    code, _, err = run_cli("-a", "fmnist_mobilenet", *argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_reusing_a_rounding_that_was_never_learned_names_the_fix(run_cli, tmp_path):
+    code, _, err = run_cli("-a", "fmnist_mobilenet", "--qtype", "int4", "-qw", "int4", "-sm", "collect", "-cs", "64",
+                           "--subset", "10", "-sf", tmp_path)
+    assert code == 0, err
+    code, _, err = run_cli("-a", "fmnist_mobilenet", "--qtype", "int4", "-qw", "int4", "-sm", "use", "--adaround",
+                           "--subset", "10", "-sf", tmp_path)
+    assert code == 2
+    assert "no learned rounding" in err and "--adaround -sm collect" in err
