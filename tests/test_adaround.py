@@ -71,7 +71,8 @@ def test_saved_rounding_reloads_to_the_same_model(run_cli, tmp_path):
     common = ["-a", "fmnist_mobilenet", "--qtype", "int4", "-qw", "int4", "-c", "laplace", "-b", "100",
               "--subset", "100", "--adaround", "-sf", tmp_path]
     learned, reused = tmp_path / "learned.json", tmp_path / "reused.json"
-    code, _, err = run_cli(*common, "-sm", "collect", "-cs", "64", "--recon-iters", "20", "--results-json", learned)
+    code, _, err = run_cli(*common, "-sm", "collect", "-cs", "64", "--recon-iters", "20", "--recon-batch", "16",
+                           "--results-json", learned)
     assert code == 0, err
     code, _, err = run_cli(*common, "-sm", "use", "--results-json", reused)
     assert code == 0, err
@@ -83,6 +84,7 @@ def test_saved_rounding_reloads_to_the_same_model(run_cli, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--qtype", "int4", "--recon-iters", "5"], "--recon-iters concerns learned rounding: add --adaround"),
+    (["--qtype", "int4", "--recon-batch", "8"], "--recon-batch concerns learned rounding: add --adaround"),
     (["--qtype", "int4", "-qw", "apot4", "--adaround"],
      "--adaround learns the rounding of integer-grid weights and -qw is apot4: use -qw intN"),
     (["--qtype", "int4", "--adaround", "-s"], "--adaround learns a fixed rounding and -s rounds at random"),
