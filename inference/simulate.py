@@ -13,6 +13,7 @@ from inference.errors import UserError
 from inference.evaluate import EvalResult, Fidelity
 from inference.inspection import Inspection, evaluate_inspected
 from inference.quant_flags import statistics_path, statistics_point
+from inference.weight_method_flags import learning_flag
 
 LOG = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class SimulationResult:
     qat: "QatOutcome | None" = None  # noqa: F821 - pytorch_quantizer.qat, imported when fine-tuning
     calibration_skipped: list[str] = field(default_factory=list)  # undecodable files, with --skip-bad-images
     equalization: dict | None = None  # --equalize: chains, sweeps, absorbed channels, seconds
-    rounding: dict | None = None  # --adaround: layers, seconds, output errors, file
+    rounding: dict | None = None  # --adaround / --reconstruct: layers, seconds, output errors, file
 
 
 def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, loader, config,
@@ -63,9 +64,10 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
                               and args.load_qat is None)
         if family_calibration and process.distributed:
             raise UserError(f"{args.qtype} activations are calibrated in one process: run without torchrun")
-        learns_rounding = args.adaround and args.sm != "use"
+        learning = learning_flag(args)
+        learns_rounding = learning is not None and args.sm != "use"
         if learns_rounding and process.distributed:
-            raise UserError("--adaround learns in one process: run without torchrun (or load a learned rounding "
+            raise UserError(f"{learning} learns in one process: run without torchrun (or load a learned rounding "
                             "with -sm use)")
         if args.sm == "collect" or args.ac or folded_bca or family_calibration or learns_rounding:
             calibration = data.calibration_loader(options)
@@ -99,7 +101,7 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
             quantized.family_activations.use(calibrate_activations(
                 quantized, progress(calibration.loader, "calibration", process.is_main), device))
             result.statistics = f"{args.qtype} calibrated on {calibration.images} images of {calibration.source}"
-        if args.adaround:
+        if learning is not None:
             from inference.rounding import settle_rounding
 
             result.rounding = settle_rounding(args, quantized, calibration, config, device, process.is_main)

@@ -103,7 +103,7 @@ def check_no_effect(args: argparse.Namespace, parser: argparse.ArgumentParser, c
             raise UserError(f"{unused[0]} concerns {'activations' if what.startswith('--') else 'weights'}, which "
                             f"this run does not quantize; add {what} or drop {unused[0]}")
     if "cs" in given and not calibrates(args):
-        raise UserError(f"-cs {args.cs}: this run calibrates nothing (no -sm collect, -ac, -bca, calibrated --qtype kind, --qat-epochs or --adaround); drop -cs")
+        raise UserError(f"-cs {args.cs}: this run calibrates nothing (no -sm collect, -ac, -bca, calibrated --qtype kind, --qat-epochs, --adaround or --reconstruct); drop -cs")
 
 
 def calibrates(args: argparse.Namespace) -> bool:
@@ -111,7 +111,7 @@ def calibrates(args: argparse.Namespace) -> bool:
 
     family_activations = calibrated_activation_kind(args.qtype)
     return not args.q_off and (args.sm == "collect" or args.ac or args.bca or family_activations
-                               or args.qat_epochs > 0 or args.adaround)
+                               or args.qat_epochs > 0 or args.adaround or args.reconstruct is not None)
 
 
 def check_patterns(args: argparse.Namespace) -> None:

@@ -20,30 +20,60 @@ def add_weight_method_flags(parser: argparse.ArgumentParser, positive_int) -> No
     group.add_argument("--adaround", action="store_true",
                        help="learn each integer-grid weight's rounding (AdaRound, Nagel et al. 2020) layer by layer on "
                             "-cs calibration images; saved beside the statistics with -sm collect, reused with -sm use")
+    group.add_argument("--reconstruct", choices=("block",), default=None,
+                       help="learn the rounding block by block instead (BRECQ, Li et al. 2021): the layers of each "
+                            "inverted-residual / residual block together against the block's float output, "
+                            "activations quantized inside; saved and reused like --adaround")
+    group.add_argument("--qdrop", type=probability, default=None, metavar="P",
+                       help="with --reconstruct block: each activation element stays float with probability P while "
+                            "learning (QDrop, Wei et al. 2022; default 0)")
     group.add_argument("--recon-iters", type=positive_int, default=None, metavar="N",
-                       help=f"optimisation steps per layer of --adaround (default: {DEFAULT_RECON_ITERS})")
+                       help=f"optimisation steps per layer / block of --adaround / --reconstruct "
+                            f"(default: {DEFAULT_RECON_ITERS})")
     group.add_argument("--recon-batch", type=positive_int, default=None, metavar="B",
-                       help=f"calibration images per step of --adaround (default: {DEFAULT_RECON_BATCH})")
+                       help=f"calibration images per step of --adaround / --reconstruct (default: {DEFAULT_RECON_BATCH})")
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1)")
+    return value
+
+
+def learning_flag(args: argparse.Namespace) -> str | None:
+    """The flag that learns weight rounding in this run, if any."""
+    if args.adaround:
+        return "--adaround"
+    return "--reconstruct block" if args.reconstruct else None
 
 
 def check_weight_method_flags(args: argparse.Namespace) -> None:
     """Before any work: the methods transform a float model or its post-training rounding, which
-    fine-tuning or a loaded model replaces; the learning flags need --adaround."""
+    fine-tuning or a loaded model replaces; the learning flags need a learning method."""
+    if args.adaround and args.reconstruct:
+        raise UserError("--adaround learns layer by layer and --reconstruct block block by block: choose one")
+    learning = learning_flag(args)
     for flag, value in (("--recon-iters", args.recon_iters), ("--recon-batch", args.recon_batch)):
-        if value is not None and not args.adaround:
-            raise UserError(f"{flag} concerns learned rounding: add --adaround")
+        if value is not None and learning is None:
+            raise UserError(f"{flag} concerns learned rounding: add --adaround or --reconstruct block")
+    if args.qdrop is not None and not args.reconstruct:
+        raise UserError("--qdrop drops activation quantization while learning blocks: add --reconstruct block")
     training = "--qat-epochs" if args.qat_epochs else "--load-qat" if args.load_qat is not None else None
-    for flag, given in (("--equalize", args.equalize), ("--adaround", args.adaround)):
-        if given and training:
+    for flag in ("--equalize" if args.equalize else None, learning):
+        if flag is not None and training:
             raise UserError(f"{flag} is a post-training method and {training} replaces the weights it works on: "
                             "drop one of them")
-    if not args.adaround:
+    if learning is None:
         return
     weights = args.qweight if args.qweight is not None else ("int8" if args.qtype not in (None, "f32") else None)
     if weights is None or not weights.startswith("int"):
-        raise UserError(f"--adaround learns the rounding of integer-grid weights and -qw is {weights or 'f32'}: "
+        raise UserError(f"{learning} learns the rounding of integer-grid weights and -qw is {weights or 'f32'}: "
                         "use -qw intN")
     if args.stochastic:
-        raise UserError("--adaround learns a fixed rounding and -s rounds at random: drop one of them")
+        raise UserError(f"{learning} learns a fixed rounding and -s rounds at random: drop one of them")
     if args.mtq:
-        raise UserError("--adaround learns rounding on GEMMLOWP grids, -mtq uses mid-tread bins: drop one of them")
+        raise UserError(f"{learning} learns rounding on GEMMLOWP grids, -mtq uses mid-tread bins: drop one of them")

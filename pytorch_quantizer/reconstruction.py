@@ -1,7 +1,14 @@
-"""Learned weight rounding over a whole ``transform.QuantizedModel``: AdaRound layer by layer, in
-the order the layers run, each layer's inputs taken from the quantized model as it stands (earlier
-layers already rounded, activations quantized as the run's recipe does) and its targets from the
-float model on the same images.
+"""Learned weight rounding over a whole ``transform.QuantizedModel``: AdaRound layer by layer, or
+block by block (BRECQ, Li et al. 2021, with QDrop's random dropping of activation quantization,
+Wei et al. 2022), in the order they run; inputs are taken from the quantized model as it stands
+(earlier layers already rounded, activations quantized as the run's recipe does) and targets from
+the float model on the same images.
+
+A block is a child of an ``nn.Sequential`` / ``nn.ModuleList`` that holds integer-grid layers (an
+inverted-residual block, a ResNet basic block); layers outside any are blocks of their own. Inside
+a block the soft roundings of all its layers are learned together against the block's float
+output, with its activations quantized straight-through (dropped to float per element with
+probability ``drop``).
 """
 from __future__ import annotations
 
@@ -23,6 +30,20 @@ class RoundingOptions:
     iterations: int
     batch: int
     seed: int = 0
+    drop: float = 0.0   # QDrop probability inside blocks
+
+
+def model_blocks(model: nn.Module, layers: list[str]) -> dict[str, list[str]]:
+    """{block name: its layers among ``layers``}: the outermost children of Sequential / ModuleList
+    containers that hold any of ``layers``; a layer in no such child is its own block."""
+    containers = {name for name, module in model.named_modules() if isinstance(module, (nn.Sequential, nn.ModuleList))}
+    blocks: dict[str, list[str]] = {}
+    for layer in layers:
+        parts = layer.split(".")
+        owner = next((".".join(parts[:depth + 1]) for depth in range(len(parts) - 1)
+                      if (".".join(parts[:depth]) if depth else "") in containers), layer)
+        blocks.setdefault(owner, []).append(layer)
+    return blocks
 
 
 def execution_order(model: nn.Module, images: torch.Tensor, names: list[str]) -> list[str]:
@@ -93,4 +114,69 @@ def learn_model_rounding(quantized, images: torch.Tensor, options: RoundingOptio
         results[name] = result
         if hasattr(layers, "set_postfix"):
             layers.set_postfix(layer=name, nearest=f"{result.nearest_error:.3g}", learned=f"{result.learned_error:.3g}")
+    return results
+
+
+def _relative(block: str, layer: str) -> str:
+    return layer[len(block) + 1:] if layer != block else ""
+
+
+def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None
+                         ) -> dict[str, adaround.RoundingResult]:
+    """BRECQ / QDrop: every block's layers' roundings learned together, blocks in execution order."""
+    layers = [name for name in quantized.plans if quantized.weight_grid(name) is not None]
+    blocks = model_blocks(quantized.model, layers)
+    order = execution_order(quantized.model, images, list(blocks))
+    results = {}
+    steps = bar(order) if bar is not None else order
+    for block_name in steps:
+        block = quantized.model.get_submodule(block_name)
+        names = blocks[block_name]
+        with quantized.float_model() as model:
+            float_inputs = layer_inputs(model, block_name, images, options.batch)
+            with torch.no_grad():
+                targets = torch.cat([block(float_inputs[start:start + options.batch])
+                                     for start in range(0, len(float_inputs), options.batch)])
+        del float_inputs
+        with quantized.measures_paused():
+            inputs = layer_inputs(quantized.model, block_name, images, options.batch)
+        weights = {name: quantized.float_params[name][0] for name in names}
+        grids = {name: quantized.weight_grid(name) for name in names}
+        logits = {name: adaround.initial_logits(weights[name], grids[name]).requires_grad_(True) for name in names}
+
+        def block_output(roundings: dict[str, torch.Tensor], batch_inputs: torch.Tensor) -> torch.Tensor:
+            parameters = {"weight" if name == block_name else f"{_relative(block_name, name)}.weight":
+                          adaround.rounded_weight(weights[name], grids[name], roundings[name]) for name in names}
+            return torch.func.functional_call(block, parameters, (batch_inputs,))
+
+        optimiser = torch.optim.Adam(list(logits.values()), lr=adaround.LEARNING_RATE)
+        generator = torch.Generator().manual_seed(options.seed)
+        losses = []
+        with quantized.measures_paused(), quantized.straight_through(options.drop, options.seed):
+            for step in range(options.iterations):
+                chosen = torch.randint(len(inputs), (min(options.batch, len(inputs)),), generator=generator)
+                soft = {name: adaround.rectified_sigmoid(value) for name, value in logits.items()}
+                loss = adaround.reconstruction_loss(block_output(soft, inputs[chosen]), targets[chosen])
+                beta = adaround.beta_at(step, options.iterations)
+                if beta is not None:
+                    loss = loss + adaround.REGULARISATION * sum(adaround.rounding_regulariser(value, beta)
+                                                                for value in soft.values())
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                losses.append(float(loss.detach()))
+        ups = {name: (value.detach() >= 0).float() for name, value in logits.items()}
+        nearest = {name: adaround.nearest_rounding(weights[name], grids[name]) for name in names}
+        with quantized.measures_paused(), torch.no_grad():
+            errors = [sum(float((block_output(choice, inputs[start:start + options.batch])
+                                 - targets[start:start + options.batch]).square().sum())
+                          for start in range(0, len(inputs), options.batch)) / targets.numel()
+                      for choice in (nearest, ups)]
+        for name in names:
+            quantized.use_weight_rounding(name, ups[name])
+            undecided = adaround.rectified_sigmoid(logits[name].detach())
+            results[name] = adaround.RoundingResult(ups[name], errors[0], errors[1], tuple(losses),
+                                                    float(((undecided > 0) & (undecided < 1)).float().mean()))
+        if hasattr(steps, "set_postfix"):
+            steps.set_postfix(block=block_name, nearest=f"{errors[0]:.3g}", learned=f"{errors[1]:.3g}")
     return results

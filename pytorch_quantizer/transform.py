@@ -135,6 +135,7 @@ class QuantizedModel:
     def __post_init__(self):
         self._handles = []
         self._fused_clamps: dict[str, ChannelClamp] = {}
+        self._straight_through: tuple[float, torch.Generator] | None = None
         self._bypass = False
         self._rounding_calls = 0
         self._fixed_plans: dict[str, QuantPlan] = {}
@@ -374,8 +375,10 @@ class QuantizedModel:
             if self._bypass:
                 return None
             if not self.plans[name].activation.kind.grid:
-                return (self.quantize_family_activation(name, args[0], module),) + tuple(args[1:])
-            return (self.quantize_activation(name, args[0]),) + tuple(args[1:])
+                quantized = self.quantize_family_activation(name, args[0], module)
+            else:
+                quantized = self.quantize_activation(name, args[0])
+            return (self._passed_on(args[0], quantized),) + tuple(args[1:])
         return hook
 
     @property
@@ -392,8 +395,31 @@ class QuantizedModel:
             quantized = self.quantize_activation(name, self.observed_value(name, output))
             if self.corrects_outputs_online and isinstance(module, nn.Conv2d):
                 quantized = correct_positive_outputs(self.fused_output(name, output), quantized)
-            return quantized
+            return self._passed_on(output, quantized)
         return hook
+
+    def _passed_on(self, x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        """The quantized activation, or inside ``straight_through`` x + (q(x) - x) with the gradient of
+        x, each element kept at x instead with the QDrop probability."""
+        if self._straight_through is None:
+            return quantized
+        drop_probability, generator = self._straight_through
+        passed = x + (quantized - x).detach()
+        if drop_probability <= 0:
+            return passed
+        kept = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) < drop_probability
+        return torch.where(kept, x, passed)
+
+    @contextmanager
+    def straight_through(self, drop_probability: float = 0.0, seed: int = 0):
+        """For the block, activation quantization lets gradients through (straight-through) and drops
+        to float per element with ``drop_probability`` (QDrop, Wei et al. 2022), for learning."""
+        previous = self._straight_through
+        self._straight_through = (drop_probability, torch.Generator().manual_seed(seed))
+        try:
+            yield
+        finally:
+            self._straight_through = previous
 
     # --- statistics collection ------------------------------------------------------------
 

@@ -83,8 +83,8 @@ def test_saved_rounding_reloads_to_the_same_model(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--qtype", "int4", "--recon-iters", "5"], "--recon-iters concerns learned rounding: add --adaround"),
-    (["--qtype", "int4", "--recon-batch", "8"], "--recon-batch concerns learned rounding: add --adaround"),
+    (["--qtype", "int4", "--recon-iters", "5"], "--recon-iters concerns learned rounding: add --adaround or --reconstruct block"),
+    (["--qtype", "int4", "--recon-batch", "8"], "--recon-batch concerns learned rounding: add --adaround or --reconstruct block"),
     (["--qtype", "int4", "-qw", "apot4", "--adaround"],
      "--adaround learns the rounding of integer-grid weights and -qw is apot4: use -qw intN"),
     (["--qtype", "int4", "--adaround", "-s"], "--adaround learns a fixed rounding and -s rounds at random"),
@@ -106,3 +106,68 @@ def test_reusing_a_rounding_that_was_never_learned_names_the_fix(run_cli, tmp_pa
                            "--subset", "10", "-sf", tmp_path)
     assert code == 2
     assert "no learned rounding" in err and "--adaround -sm collect" in err
+
+
+def test_blocks_are_the_children_of_sequential_containers():
+    from inference import models
+    from pytorch_quantizer.reconstruction import model_blocks
+
+    model = models.create_model("fmnist_resnet20")
+    layers = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    blocks = model_blocks(model, layers)
+    assert blocks["layer1.0"] == ["layer1.0.conv1", "layer1.0.conv2"]
+    assert blocks["conv1"] == ["conv1"]
+    assert sorted(name for members in blocks.values() for name in members) == sorted(layers)
+
+
+def test_straight_through_activations_pass_gradients_and_qdrop_keeps_float_values():
+    from inference import models
+    from pytorch_quantizer.config import QuantConfig, TensorQuantSpec
+    from pytorch_quantizer.transform import QuantizedModel
+
+    model = models.create_model("fmnist_mobilenet").eval()
+    inputs = torch.randn(4, 1, 28, 28)
+    config = QuantConfig(activations=TensorQuantSpec(bits=4), weights=None)
+    with QuantizedModel(model, config, inputs[:2]) as quantized:
+        layer = quantized.model.get_submodule("features.2.conv.2")
+        seen = []
+        handle = layer.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+        with torch.no_grad():
+            quantized.model(inputs)
+        with quantized.straight_through(0.0):
+            probe = inputs.clone().requires_grad_(True)
+            quantized.model(probe).sum().backward()
+            assert probe.grad is not None and float(probe.grad.abs().sum()) > 0
+        with torch.no_grad(), quantized.straight_through(0.999999):
+            quantized.model(inputs)
+        with torch.no_grad(), quantized.bypassed():
+            quantized.model(inputs)
+        handle.remove()
+    hard, dropped, floating = seen[0], seen[2], seen[3]
+    assert float((hard == floating).float().mean()) < 0.9
+    assert float((dropped == floating).float().mean()) > 0.999
+
+
+def test_block_reconstruction_with_qdrop_saves_and_reloads(run_cli, tmp_path):
+    common = ["-a", "fmnist_mobilenet", "--qtype", "int4", "-qw", "int4", "-b", "100", "--subset", "100",
+              "--reconstruct", "block", "--qdrop", "0.5", "-sf", tmp_path]
+    learned, reused = tmp_path / "learned.json", tmp_path / "reused.json"
+    code, _, err = run_cli(*common, "-sm", "collect", "-cs", "64", "--recon-iters", "20", "--results-json", learned)
+    assert code == 0, err
+    code, _, err = run_cli(*common, "-sm", "use", "--results-json", reused)
+    assert code == 0, err
+    first, second = json.loads(learned.read_text()), json.loads(reused.read_text())
+    assert first["rounding_layers"] == 26 and first["rounding_file"].endswith(".block-rounding.pt")
+    assert (first["top1"], first["loss"]) == (second["top1"], second["loss"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--qtype", "int4", "--qdrop", "0.5"], "--qdrop drops activation quantization while learning blocks"),
+    (["--qtype", "int4", "--adaround", "--reconstruct", "block"], "--adaround learns layer by layer and"),
+    (["--qtype", "int4", "--reconstruct", "block", "--qdrop", "1.5"], "is not a probability in [0, 1)"),
+])
+def test_reconstruction_refusals_exit_2_with_one_line(run_cli, argv, message):
+    code, _, err = run_cli("-a", "fmnist_mobilenet", *argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
