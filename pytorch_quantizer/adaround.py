@@ -17,6 +17,8 @@ neighbouring grid points.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -113,42 +115,63 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return (output - target).square().sum(dim=1).mean()
 
 
-def output_error(module: nn.Module, weight: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
+def output_error(output: Callable, weights: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor,
                  batch: int) -> float:
+    """Mean squared error of ``output(weights, inputs)`` against ``targets``, in batches."""
     with torch.no_grad():
-        total = sum(float((layer_output(module, weight, inputs[start:start + batch])
-                           - targets[start:start + batch]).square().sum()) for start in range(0, len(inputs), batch))
+        total = sum(float((output(weights, inputs[start:start + batch]) - targets[start:start + batch]).square().sum())
+                    for start in range(0, len(inputs), batch))
     return total / targets.numel()
+
+
+def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid], output: Callable,
+                         inputs: torch.Tensor, targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
+                         regularisation: float = REGULARISATION, learning_mode: Callable = nullcontext
+                         ) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
+    """Learn the roundings of several float ``weights`` together: ``output(rounded weights, inputs)``
+    is the layer or block computed with them, fitted to ``targets`` (its float output on float
+    inputs) from ``inputs`` (its inputs in the quantized model). ``learning_mode()`` is entered for
+    the optimisation only (the errors are measured outside it). Returns each weight's result (the
+    errors are those of the whole output) and the loss of every step."""
+    weights = {name: weight.detach() for name, weight in weights.items()}
+    logits = {name: initial_logits(weight, grids[name]).requires_grad_(True) for name, weight in weights.items()}
+    optimiser = torch.optim.Adam(list(logits.values()), lr=LEARNING_RATE)
+    generator = torch.Generator().manual_seed(seed)
+
+    def rounded(roundings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: rounded_weight(weight, grids[name], roundings[name]) for name, weight in weights.items()}
+
+    losses = []
+    with learning_mode():
+        for step in range(iterations):
+            chosen = torch.randint(len(inputs), (min(batch, len(inputs)),), generator=generator)
+            soft = {name: rectified_sigmoid(value) for name, value in logits.items()}
+            loss = reconstruction_loss(output(rounded(soft), inputs[chosen]), targets[chosen])
+            beta = beta_at(step, iterations)
+            if beta is not None:
+                loss = loss + regularisation * sum(rounding_regulariser(value, beta) for value in soft.values())
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+    ups = {name: (value.detach() >= 0).float() for name, value in logits.items()}
+    nearest = {name: nearest_rounding(weight, grids[name]) for name, weight in weights.items()}
+    nearest_error = output_error(output, rounded(nearest), inputs, targets, batch)
+    learned_error = output_error(output, rounded(ups), inputs, targets, batch)
+    history = tuple(losses)  # one object shared by the weights learned together
+    results = {}
+    for name, value in logits.items():
+        soft = rectified_sigmoid(value.detach())
+        results[name] = RoundingResult(ups[name], nearest_error, learned_error, history,
+                                       float(((soft > 0) & (soft < 1)).float().mean()))
+    return results, history
 
 
 def learn_rounding(module: nn.Module, weight: torch.Tensor, grid: Grid, inputs: torch.Tensor,
                    targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
-                   regularisation: float = REGULARISATION, progress=None) -> RoundingResult:
-    """Learn the rounding of ``weight`` (the layer's float weight) on ``inputs`` (its inputs in the
-    quantized model) against ``targets`` (its float outputs on float inputs). ``progress(step, loss)``
-    is called after every step when given."""
-    weight = weight.detach()
-    logits = initial_logits(weight, grid).requires_grad_(True)
-    optimiser = torch.optim.Adam([logits], lr=LEARNING_RATE)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for step in range(iterations):
-        chosen = torch.randint(len(inputs), (min(batch, len(inputs)),), generator=generator)
-        soft = rectified_sigmoid(logits)
-        output = layer_output(module, rounded_weight(weight, grid, soft), inputs[chosen])
-        loss = reconstruction_loss(output, targets[chosen])
-        beta = beta_at(step, iterations)
-        if beta is not None:
-            loss = loss + regularisation * rounding_regulariser(soft, beta)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step, losses[-1])
-    up = (logits.detach() >= 0).float()
-    soft = rectified_sigmoid(logits.detach())
-    nearest = rounded_weight(weight, grid, nearest_rounding(weight, grid))
-    return RoundingResult(up, output_error(module, nearest, inputs, targets, batch),
-                          output_error(module, rounded_weight(weight, grid, up), inputs, targets, batch), tuple(losses),
-                          float(((soft > 0) & (soft < 1)).float().mean()))
+                   regularisation: float = REGULARISATION) -> RoundingResult:
+    """Learn the rounding of one layer's float ``weight`` (``learn_soft_roundings`` for one weight)."""
+    results, _ = learn_soft_roundings({"weight": weight}, {"weight": grid},
+                                      lambda weights, batch_inputs: layer_output(module, weights["weight"], batch_inputs),
+                                      inputs, targets, iterations, batch, seed, regularisation)
+    return results["weight"]

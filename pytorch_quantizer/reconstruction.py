@@ -142,41 +142,19 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
             inputs = layer_inputs(quantized.model, block_name, images, options.batch)
         weights = {name: quantized.float_params[name][0] for name in names}
         grids = {name: quantized.weight_grid(name) for name in names}
-        logits = {name: adaround.initial_logits(weights[name], grids[name]).requires_grad_(True) for name in names}
 
-        def block_output(roundings: dict[str, torch.Tensor], batch_inputs: torch.Tensor) -> torch.Tensor:
-            parameters = {"weight" if name == block_name else f"{_relative(block_name, name)}.weight":
-                          adaround.rounded_weight(weights[name], grids[name], roundings[name]) for name in names}
+        def block_output(rounded: dict[str, torch.Tensor], batch_inputs: torch.Tensor, block=block, block_name=block_name):
+            parameters = {f"{_relative(block_name, name)}.weight".lstrip("."): weight for name, weight in rounded.items()}
             return torch.func.functional_call(block, parameters, (batch_inputs,))
 
-        optimiser = torch.optim.Adam(list(logits.values()), lr=adaround.LEARNING_RATE)
-        generator = torch.Generator().manual_seed(options.seed)
-        losses = []
-        with quantized.measures_paused(), quantized.straight_through(options.drop, options.seed):
-            for step in range(options.iterations):
-                chosen = torch.randint(len(inputs), (min(options.batch, len(inputs)),), generator=generator)
-                soft = {name: adaround.rectified_sigmoid(value) for name, value in logits.items()}
-                loss = adaround.reconstruction_loss(block_output(soft, inputs[chosen]), targets[chosen])
-                beta = adaround.beta_at(step, options.iterations)
-                if beta is not None:
-                    loss = loss + adaround.REGULARISATION * sum(adaround.rounding_regulariser(value, beta)
-                                                                for value in soft.values())
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                losses.append(float(loss.detach()))
-        ups = {name: (value.detach() >= 0).float() for name, value in logits.items()}
-        nearest = {name: adaround.nearest_rounding(weights[name], grids[name]) for name in names}
-        with quantized.measures_paused(), torch.no_grad():
-            errors = [sum(float((block_output(choice, inputs[start:start + options.batch])
-                                 - targets[start:start + options.batch]).square().sum())
-                          for start in range(0, len(inputs), options.batch)) / targets.numel()
-                      for choice in (nearest, ups)]
-        for name in names:
-            quantized.use_weight_rounding(name, ups[name])
-            undecided = adaround.rectified_sigmoid(logits[name].detach())
-            results[name] = adaround.RoundingResult(ups[name], errors[0], errors[1], tuple(losses),
-                                                    float(((undecided > 0) & (undecided < 1)).float().mean()))
+        with quantized.measures_paused():
+            learned, _ = adaround.learn_soft_roundings(
+                weights, grids, block_output, inputs, targets, options.iterations, options.batch, options.seed,
+                learning_mode=lambda: quantized.straight_through(options.drop, options.seed))
+        for name, result in learned.items():
+            quantized.use_weight_rounding(name, result.up)
+        results.update(learned)
+        errors = (next(iter(learned.values())).nearest_error, next(iter(learned.values())).learned_error)
         if hasattr(steps, "set_postfix"):
             steps.set_postfix(block=block_name, nearest=f"{errors[0]:.3g}", learned=f"{errors[1]:.3g}")
     return results
