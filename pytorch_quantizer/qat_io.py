@@ -14,7 +14,7 @@ import torch
 
 from pytorch_quantizer.errors import InputError
 from pytorch_quantizer.families import LevelPlan
-from pytorch_quantizer.safe_io import safe_torch_load, write_atomically
+from pytorch_quantizer.safe_io import load_tool_file, write_atomically
 
 FORMAT, VERSION = "ptq-qat", 1
 
@@ -41,9 +41,7 @@ def load_qat(path: Path, quantized, model_name: str, recipe: str) -> None:
     fix = "save it again with --qat-epochs N --save-qat PATH (same model and --qtype / -qw)"
     if not path.is_file():
         raise InputError(f"--load-qat {path}: no such file; {fix}")
-    payload = safe_torch_load(path, fix)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("version") != VERSION:
-        raise InputError(f"{path} is not a QAT file of this tool (format {FORMAT} version {VERSION}); {fix}")
+    payload = load_tool_file(path, FORMAT, VERSION, "QAT file", fix)
     if payload.get("model") != model_name or payload.get("recipe") != recipe:
         raise InputError(f"{path} was trained for {payload.get('model')!r:.40} with {payload.get('recipe')!r:.80}, "
                          f"not {model_name} with {recipe!r}; {fix}")

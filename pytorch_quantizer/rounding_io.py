@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from pytorch_quantizer.errors import InputError
-from pytorch_quantizer.safe_io import safe_torch_load, write_atomically
+from pytorch_quantizer.safe_io import load_tool_file, write_atomically
 
 FORMAT, VERSION = "ptq-rounding", 1
 
@@ -28,9 +28,7 @@ def load_rounding(path: Path, model_name: str, recipe: str, weight_shapes: dict[
     ``weight_shapes``: the layers with integer-grid weights in this run."""
     if not path.is_file():
         raise InputError(f"no learned rounding {path} for {model_name}; {fix}")
-    payload = safe_torch_load(path, fix)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("version") != VERSION:
-        raise InputError(f"{path} is not a rounding file of this tool (format {FORMAT} version {VERSION}); {fix}")
+    payload = load_tool_file(path, FORMAT, VERSION, "rounding file", fix)
     if payload.get("model") != model_name or payload.get("recipe") != recipe:
         raise InputError(f"{path} was learned for {payload.get('model')!r:.40} with another recipe "
                          f"({payload.get('recipe')!r:.120}); {fix}")

@@ -44,6 +44,15 @@ def safe_torch_load(path: Path, fix: str):
 TORCH_SAVE_HEADERS = (b"PK\x03\x04", b"\x80")  # the zip format since torch 1.6; the legacy pickle format
 
 
+def load_tool_file(path: Path, file_format: str, version: int, description: str, fix: str) -> dict:
+    """A tensor-dict file this tool wrote (``{"format": file_format, "version": version, ...}``),
+    loaded safely; InputError naming ``description`` when it is another kind of file."""
+    payload = safe_torch_load(path, fix)
+    if not isinstance(payload, dict) or payload.get("format") != file_format or payload.get("version") != version:
+        raise InputError(f"{path} is not a {description} of this tool (format {file_format} version {version}); {fix}")
+    return payload
+
+
 def has_no_torch_save_header(path: Path) -> bool:
     """True for a readable file that cannot be a torch.save file (text, an image, random bytes):
     said so plainly instead of letting the unpickler read text as opcodes (a leading ``c`` is GLOBAL)."""
