@@ -1,0 +1,132 @@
+"""The post-training methods published after the seed (issue 14) on every model: nearest rounding,
+``--equalize``, ``--adaround``, ``--reconstruct block`` without and with ``--qdrop 0.5``, at W4A8
+and W4A4 (per-channel weights, per-tensor activations, ``-bcw``), each row one mlflow run
+(experiment ``post-training-methods``), resumable like ``report.py`` (a row whose results JSON
+exists is not run again), with a progress bar over rows.
+
+    python analysis/post_training_methods.py                 # five models, 10 rows each (hours on 2 cores)
+    python analysis/post_training_methods.py --quick         # three rows on fmnist_mobilenet, 200 images (tests)
+
+Data as in ``report.py``: Fashion-MNIST on its 10,000 test images, rounding learned on ``-cs 256``
+training images with 500 steps; EfficientNet-Lite on the 400 development photos, rounding learned
+on the 100 others (``--calib-holdout 100 -cs 100``) with 200 steps (what fits the 30 minutes issue
+14 allows per learned model on this 2-core machine). Each table gives top-1, agreement with FP32,
+the seconds spent learning the rounding and the seconds of the whole run. Writes
+``<out>/<model>.md`` and ``<out>/post_training_methods.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import (EMPTY_RESULT, FMNIST_MODELS, IMAGENET_MODELS, RowFailed, data_flags, figures,  # noqa: E402
+                    plan_models, result_path, row_argv, run_row)
+from runs import DEVELOPMENT_PHOTOS, REPO_ROOT  # noqa: E402
+
+PRECISIONS = {"W4A8": "--qtype int8 -qw int4 -pcq_w -bcw",
+              "W4A4": "--qtype int4 -c laplace -qw int4 -pcq_w -bcw"}
+METHODS = {"nearest rounding": "", "equalize": "--equalize", "adaround": "--adaround",
+           "reconstruct block": "--reconstruct block", "reconstruct block + QDrop 0.5": "--reconstruct block --qdrop 0.5"}
+QUICK_ROWS = ("W4A4, nearest rounding", "W4A4, adaround", "W4A4, reconstruct block + QDrop 0.5")
+
+
+def learning(arch: str, quick: bool) -> list[str]:
+    """Calibration images and steps of the learned rows (see the module docstring)."""
+    if quick:
+        return ["-cs", "64", "--recon-iters", "10"]
+    return ["-cs", "256", "--recon-iters", "500"] if arch.startswith("fmnist") else ["-cs", "100", "--recon-iters", "200"]
+
+
+def planned_rows(arch: str, quick: bool) -> dict[str, str]:
+    """{label: flags} of one model."""
+    rows = {}
+    for precision, recipe in PRECISIONS.items():
+        for method, flags in METHODS.items():
+            label = f"{precision}, {method}"
+            if quick and label not in QUICK_ROWS:
+                continue
+            learns = "--adaround" in flags or "--reconstruct" in flags
+            rows[label] = " ".join([recipe, *flags.split(), *(learning(arch, quick) if learns else [])])
+    return rows
+
+
+def row_figures(label: str, result: dict) -> dict:
+    return figures(label, result) | {"fp32_top1": result.get("fp32_top1", math.nan),
+                                     "learn_seconds": result.get("rounding_seconds", 0.0)}
+
+
+def markdown(arch: str, frame, planned: dict[str, str], source: str, command: str) -> str:
+    columns = ["recipe", "top1", "agreement", "kl", "learn_seconds", "seconds"]
+    missing = [label for label in planned if label not in set(frame["recipe"])]
+    fp32 = frame["fp32_top1"].dropna()
+    return (f"### {arch}\n\n{source}; FP32 {fp32.iloc[0]:.2f}; produced by `{command}`.\n\n"
+            if len(fp32) else f"### {arch}\n\n{source}; produced by `{command}`.\n\n") + (
+        frame[columns].to_markdown(index=False, floatfmt=".2f")
+        + (f"\n\nNot run yet: {'; '.join(missing)}." if missing else "") + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from report import evaluated_source
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=(*FMNIST_MODELS, *IMAGENET_MODELS), default=None,
+                        help="default: all five (with --quick: fmnist_mobilenet)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "post_training_methods")
+    parser.add_argument("--experiment", default="post-training-methods", help="mlflow experiment of the rows")
+    parser.add_argument("--mlflow-uri", default=None, help="mlflow store (default: the CLI's)")
+    parser.add_argument("--quick", action="store_true",
+                        help="three W4A4 rows on 200 test images, 10 steps on 64 training images")
+    parser.add_argument("--finished-only", action="store_true", help="tables of the rows already run only")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    command = " ".join(["python analysis/post_training_methods.py", *argv])
+    development_photos = DEVELOPMENT_PHOTOS.is_dir()
+    models, notes = plan_models(args.models or (["fmnist_mobilenet"] if args.quick
+                                                else [*FMNIST_MODELS, *IMAGENET_MODELS]), development_photos)
+    for note in notes:
+        print(note)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plans = {arch: planned_rows(arch, args.quick) for arch in models}
+    tables = []
+    with tqdm(total=sum(map(len, plans.values())), desc="post-training methods", unit="row") as bar:
+        for arch, rows in plans.items():
+            data = [*data_flags(arch, development_photos, quick=False), *(["-ss", "200"] if args.quick else [])]
+            table = []
+            for label, flags in rows.items():
+                argv_row = row_argv(arch, flags, data, args.out / arch / "statistics")
+                path = result_path(args.out, arch, label, argv_row)
+                bar.update(1)
+                if not path.exists() and args.finished_only:
+                    continue
+                try:
+                    result = (json.loads(path.read_text()) if path.exists()
+                              else run_row(argv_row, path, args.experiment, args.mlflow_uri))
+                except RowFailed as failure:
+                    print(f"post_training_methods.py: error: {failure}; the finished rows are kept: run the same "
+                          "command again to resume", file=sys.stderr)
+                    return 2
+                table.append(row_figures(label, result))
+            frame = pd.DataFrame(table, columns=list(row_figures("", EMPTY_RESULT)))
+            source = evaluated_source(arch, development_photos, quick=False).replace("10,000", "200" if args.quick
+                                                                                      else "10,000")
+            text = markdown(arch, frame, rows, source, command)
+            (args.out / f"{arch}.md").write_text(text)
+            tables.append(frame.assign(model=arch))
+            print(text)
+    pd.concat(tables).to_csv(args.out / "post_training_methods.csv", index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    from inference.allocator import reexecute_with_tuned_malloc
+
+    reexecute_with_tuned_malloc()
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""analysis/post_training_methods.py in quick mode: nearest, AdaRound and block reconstruction rows,
+one mlflow run each, learning time recorded, resumable."""
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "analysis"))
+
+
+def test_quick_methods_table_records_learning_and_resumes(tmp_path, monkeypatch):
+    import post_training_methods
+
+    out = tmp_path / "methods"
+    argv = ["--quick", "--out", str(out), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert post_training_methods.main(argv) == 0
+    table = pd.read_csv(out / "post_training_methods.csv").set_index("recipe")
+    assert list(table.index) == list(post_training_methods.QUICK_ROWS)
+    assert table.loc["W4A4, nearest rounding", "learn_seconds"] == 0
+    for learned in ("W4A4, adaround", "W4A4, reconstruct block + QDrop 0.5"):
+        assert table.loc[learned, "learn_seconds"] > 0
+        assert table.loc[learned, "seconds"] >= table.loc[learned, "learn_seconds"]
+    assert (table["agreement"] >= 90).all() and (table["fp32_top1"] > 90).all()
+    assert "| W4A4, reconstruct block + QDrop 0.5" in (out / "fmnist_mobilenet.md").read_text()
+
+    def must_not_run(*_):
+        pytest.fail("a finished row ran again")
+
+    monkeypatch.setattr(post_training_methods, "run_row", must_not_run)
+    assert post_training_methods.main(argv) == 0
+
+
+def test_full_plan_has_every_method_at_both_precisions_with_learning_settings():
+    import post_training_methods
+
+    rows = post_training_methods.planned_rows("efficientnet_lite0", quick=False)
+    assert len(rows) == 10
+    assert rows["W4A4, reconstruct block + QDrop 0.5"].endswith("--qdrop 0.5 -cs 100 --recon-iters 200")
+    assert "-cs" not in rows["W4A8, equalize"]
+    assert "--recon-iters 500" in post_training_methods.planned_rows("fmnist_resnet20", quick=False)["W4A8, adaround"]
