@@ -45,6 +45,10 @@ class ProcessInfo:
         """Elementwise sum over processes (identity in one process)."""
         return self._reduce(values, "SUM")
 
+    def maximum(self, values: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum over processes (identity in one process)."""
+        return self._reduce(values, "MAX")
+
     def _reduce(self, values: torch.Tensor, operation: str) -> torch.Tensor:
         if not self.distributed:
             return values

@@ -25,12 +25,15 @@ class Fidelity:
 
     ``top1_agreement``: percent of images whose top-1 class is the reference's;
     ``mean_kl``: mean over images of KL(p_ref || p) = sum_k p_ref,k (log p_ref,k - log p_k), in nats,
-    with p = softmax(logits).
+    with p = softmax(logits); ``max_abs_logit_diff`` / ``mean_abs_logit_diff``: max and mean over all
+    logits of |logit - reference logit|.
     """
 
     reference: EvalResult
     top1_agreement: float
     mean_kl: float
+    max_abs_logit_diff: float = 0.0
+    mean_abs_logit_diff: float = 0.0
 
 
 def count_topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -74,6 +77,9 @@ class FidelityCounter:
         self.reference = AccuracyCounter()
         self.agreeing = 0
         self.kl_sum = 0.0
+        self.abs_diff_sum = 0.0
+        self.abs_diff_max = 0.0
+        self.logits = 0
 
     def add(self, logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.reference.add(reference_logits, labels)
@@ -81,25 +87,34 @@ class FidelityCounter:
         log_p = F.log_softmax(logits.double(), dim=1)
         log_p_ref = F.log_softmax(reference_logits.double(), dim=1)
         self.kl_sum += float(F.kl_div(log_p, log_p_ref, reduction="sum", log_target=True))
+        difference = (logits.double() - reference_logits.double()).abs()
+        self.abs_diff_sum += float(difference.sum())
+        self.abs_diff_max = max(self.abs_diff_max, float(difference.max()))
+        self.logits += difference.numel()
 
-    def result(self, sum_over_processes=None) -> Fidelity:
+    def result(self, sum_over_processes=None, max_over_processes=None) -> Fidelity:
         reference = self.reference.result(sum_over_processes)
-        totals = torch.tensor([self.agreeing, self.kl_sum], dtype=torch.float64)
+        totals = torch.tensor([self.agreeing, self.kl_sum, self.abs_diff_sum, self.logits], dtype=torch.float64)
+        largest = torch.tensor([self.abs_diff_max], dtype=torch.float64)
         if sum_over_processes is not None:
             totals = sum_over_processes(totals)
-        return Fidelity(reference, 100.0 * float(totals[0]) / reference.images, float(totals[1]) / reference.images)
+        if max_over_processes is not None:
+            largest = max_over_processes(largest)
+        return Fidelity(reference, 100.0 * float(totals[0]) / reference.images, float(totals[1]) / reference.images,
+                        float(largest[0]), float(totals[2]) / max(float(totals[3]), 1.0))
 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader, device: torch.device, print_freq: int = 0,
              progress: bool = False, sum_over_processes=None,
-             reference: torch.nn.Module | None = None) -> tuple[EvalResult, Fidelity | None]:
+             reference: torch.nn.Module | None = None, max_over_processes=None) -> tuple[EvalResult, Fidelity | None]:
     """Run ``model`` in eval mode over ``loader`` and accumulate top-1, top-5 and summed loss; with
     ``reference``, run it on every batch too and measure ``Fidelity`` against it (one pass over the data).
 
     With ``progress`` a tqdm bar is drawn over batches and, every ``print_freq`` batches, its
     postfix shows the running Prec@1 / Prec@5 of this process. ``sum_over_processes`` (e.g.
-    ``ProcessInfo.sum``) adds the counts of all processes before the percentages are taken.
+    ``ProcessInfo.sum``) adds the counts of all processes before the percentages are taken, and
+    ``max_over_processes`` (``ProcessInfo.maximum``) takes the largest logit difference of all.
     """
     model.eval()
     if reference is not None:
@@ -118,4 +133,4 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, print_freq: i
             fidelity.add(logits, reference_logits, labels)
         if print_freq and (index + 1) % print_freq == 0:
             bar.set_postfix(accuracy.running())
-    return accuracy.result(sum_over_processes), fidelity.result(sum_over_processes) if fidelity else None
+    return accuracy.result(sum_over_processes), fidelity.result(sum_over_processes, max_over_processes) if fidelity else None

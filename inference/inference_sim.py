@@ -23,6 +23,7 @@ from inference.models import get_model_spec, list_models  # noqa: E402
 from inference.qat_flags import add_qat_flags  # noqa: E402
 from inference.quant_flags import add_quantization_flags  # noqa: E402
 from inference.seed_compat import add_rejected_seed_flags, translate_seed_long_names  # noqa: E402
+from inference.onnx_flags import add_onnx_flags  # noqa: E402
 from inference.weight_method_flags import add_weight_method_flags  # noqa: E402
 from inference.validation import calibration_choice, calibrates, resolve_device, validate  # noqa: E402
 
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantization_flags(parser, positive_int)
     add_qat_flags(parser, positive_int, non_negative_int)
     add_weight_method_flags(parser, positive_int)
+    add_onnx_flags(parser)
     add_rejected_seed_flags(parser)
     return parser
 
@@ -213,6 +215,7 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None, dat
                       "calibration_overlaps_eval": simulation.calibration_overlaps_eval}
         if simulation.rounding is not None:
             extra |= simulation.rounding
+        extra |= simulation.onnx
         if simulation.equalization is not None:
             extra |= {f"equalization.{key}": value for key, value in simulation.equalization.items()}
         if simulation.qat is not None:
@@ -307,6 +310,14 @@ def print_results(results: dict, table) -> None:
         print(f"FP32 on the same images: Prec@1 {results['fp32_top1']:.3f} Prec@5 {results['fp32_top5']:.3f} "
               f"(drop {results['drop']:.3f}); top-1 agreement with FP32 {results['top1_agreement']:.3f} %, "
               f"mean KL(FP32 || quantized) {results['mean_kl']:.5f} nats")
+    if "onnx_file" in results:
+        print(f"ONNX QDQ model: {results['onnx_file']} ({results['onnx_quantized_tensors']} quantized tensors; "
+              f"encodings {results['onnx_encodings']})")
+    if "onnx_top1" in results:
+        print(f"onnxruntime on the same images: Prec@1 {results['onnx_top1']:.3f} Prec@5 {results['onnx_top5']:.3f} "
+              f"(simulator {results['onnx_simulator_top1']:.3f}); top-1 agreement with the simulator "
+              f"{results['onnx_top1_agreement']:.3f} %, logit difference max {results['onnx_max_abs_logit_diff']:.4f} "
+              f"mean {results['onnx_mean_abs_logit_diff']:.5f}; {results['onnx_integer_kernels']} integer kernels")
     for key in ("activation_stats_csv", "dump_file"):
         if key in results:
             print(f"{key.replace('_', ' ')}: {results[key]}")
@@ -337,7 +348,7 @@ def log_to_mlflow(mlflow, results: dict, uri: str | None) -> None:
             mlflow.log_params({"calibration.source": results["calibration"][:500],
                                "calibration.images": results["calibration_images"],
                                "calibration.overlaps_eval": results["calibration_overlaps_eval"]})
-        for key in ("report_csv", "activation_stats_csv", "sweep_csv", "dump_file"):
+        for key in ("report_csv", "activation_stats_csv", "sweep_csv", "dump_file", "onnx_encodings"):
             if results.get(key):
                 mlflow.log_artifact(results[key])
         if results.get("qat_losses"):

@@ -102,7 +102,8 @@ def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_fre
     measuring = measuring_activations(model) if inspection.stats_csv is not None else nullcontext({})
     with measuring as accumulators, capturing_first_batch(model) if dumping else nullcontext({}) as captured:
         result, fidelity = evaluate(model, loader, device, print_freq, progress=process.is_main,
-                                    sum_over_processes=process.sum, reference=reference)
+                                    sum_over_processes=process.sum, reference=reference,
+                                    max_over_processes=process.maximum)
     if dumping:
         save_tensors({**captured, "labels": next(iter(loader))[1]}, inspection.dump_file)
         files["dump_file"] = str(inspection.dump_file)

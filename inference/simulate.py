@@ -34,6 +34,7 @@ class SimulationResult:
     calibration_skipped: list[str] = field(default_factory=list)  # undecodable files, with --skip-bad-images
     equalization: dict | None = None  # --equalize: chains, sweeps, absorbed channels, seconds
     rounding: dict | None = None  # --adaround / --reconstruct: layers, seconds, output errors, file
+    onnx: dict = field(default_factory=dict)  # --export-onnx / --verify-onnx: files and runtime figures
 
 
 def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, loader, config,
@@ -118,6 +119,10 @@ def simulate(args: argparse.Namespace, model: torch.nn.Module, data: RunData, lo
                                  process.sum)
         result.evaluation, result.fidelity, result.files = evaluate_inspected(
             quantized.model, loader, device, args.print_freq, process, inspection, model if compare_fp32 else None)
+        if args.export_onnx is not None:
+            from inference.onnx_flags import export_and_verify
+
+            result.onnx = export_and_verify(args, quantized, example, loader, device, process)
         if calibration is not None:
             result.calibration_skipped = list(getattr(calibration.loader, "skipped", []))
         if process.distributed and (config.measure_entropy or measure_error):

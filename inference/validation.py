@@ -137,6 +137,7 @@ def check_clipping_names(args: argparse.Namespace) -> None:
 
 def validate(args: argparse.Namespace):
     """Every check that needs no data or model, before any work: returns (model spec, QuantConfig or None)."""
+    from inference.onnx_flags import check_onnx_flags
     from inference.qat_flags import check_qat_flags
     from inference.quant_flags import quant_config_from_args
     from inference.simulate import require_statistics_file
@@ -155,6 +156,7 @@ def validate(args: argparse.Namespace):
         weights_path(args.arch, args.weights)
     calibration_choice(args)
     config = quant_config_from_args(args, spec)
+    check_onnx_flags(args, config)
     if config is not None:
         require_statistics_file(args, config)
     elif args.report_csv is not None or args.compare_fp32:

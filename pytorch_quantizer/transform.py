@@ -340,20 +340,27 @@ class QuantizedModel:
             return self.family_activations.xnor_output(name, output, module)
         return hook
 
+    def activation_plan(self, name: str) -> QuantPlan:
+        """The layer's activation grid from the fixed (offline) statistics, planned once per layer."""
+        if name not in self._fixed_plans:
+            stats = self.activation_stats.get(name)
+            if stats is None:
+                raise InputError(f"layer {name} runs but has no statistics (calibration never reached it); "
+                                 "collect them again with -sm collect (same model and flags)")
+            self._fixed_plans[name] = plan_quantization(stats, self.plans[name].activation, self.config,
+                                                        self.starts_at_zero(name, stats), ceiling=self.ceiling(name))
+        return self._fixed_plans[name]
+
+    def fused_activation_module(self, name: str) -> nn.Module | None:
+        """The ReLU / ReLU6 / ChannelClamp fused at the layer's output, as a module (None without one)."""
+        fused = self.plans[name].fused_activation
+        return self._fused_clamps[name] if fused is ChannelClamp else (fused() if fused is not None else None)
+
     @torch.no_grad()
     def quantize_activation(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        plan = self.plans[name]
-        spec = plan.activation
+        spec = self.plans[name].activation
         if self.activation_stats is not None:
-            # fixed statistics give fixed ranges and bits: plan once per layer, not per batch
-            if name not in self._fixed_plans:
-                stats = self.activation_stats.get(name)
-                if stats is None:
-                    raise InputError(f"layer {name} runs but has no statistics (calibration never reached it); "
-                                     "collect them again with -sm collect (same model and flags)")
-                self._fixed_plans[name] = plan_quantization(stats, spec, self.config, self.starts_at_zero(name, stats),
-                                                            ceiling=self.ceiling(name))
-            plan = self._fixed_plans[name]
+            plan = self.activation_plan(name)
         else:
             stats = observe(x, observed_layer(spec, ACTIVATION_AXIS, self.image_averaged_online(name)))
             plan = plan_quantization(stats, spec, self.config, self.starts_at_zero(name, stats),

@@ -1,0 +1,108 @@
+"""--export-onnx and --verify-onnx: the calibrated model as ONNX QDQ (``pytorch_quantizer.onnx_export``),
+checked against the simulator by onnxruntime on the evaluated images."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from inference.errors import UserError
+
+GROUP_TITLE = "deployment: ONNX QDQ export"
+
+
+def add_onnx_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(GROUP_TITLE)
+    group.add_argument("--export-onnx", type=Path, default=None, metavar="PATH",
+                       help="after calibration, write the BN-folded model as ONNX (opset 21) with QuantizeLinear / "
+                            "DequantizeLinear pairs carrying the simulator's scales and zero points, and the "
+                            "encodings beside it as PATH minus .onnx + .encodings.json")
+    group.add_argument("--verify-onnx", action="store_true",
+                       help="with --export-onnx: run the exported model in onnxruntime (CPU) on the evaluated images "
+                            "and report its top-1, its top-1 agreement with the simulator and the max / mean "
+                            "absolute logit difference")
+
+
+def check_onnx_flags(args: argparse.Namespace, config) -> None:
+    """Before any work: what an integer runtime cannot express is refused with the reason."""
+    from inference.validation import check_output_file
+    from pytorch_quantizer.onnx_export import export_problem
+
+    if args.verify_onnx and args.export_onnx is None:
+        raise UserError("--verify-onnx checks an exported model: add --export-onnx PATH")
+    if args.export_onnx is None:
+        return
+    if args.export_onnx.suffix != ".onnx":
+        raise UserError(f"--export-onnx {args.export_onnx}: name the file *.onnx (the encodings go beside it)")
+    check_output_file("--export-onnx", args.export_onnx)
+    if config is None:
+        raise UserError("--export-onnx exports a quantized model: add --qtype intN and/or -qw intN")
+    if args.ep:
+        raise UserError("--export-onnx writes one model and -ep runs several precisions: drop one of them")
+    problem = export_problem(config, fixed_ranges=args.sm in ("collect", "use") or args.ac)
+    if problem is not None:
+        raise UserError(f"--export-onnx: {problem}")
+
+
+class RuntimeModel(torch.nn.Module):
+    """An onnxruntime session (CPU execution provider) called like a model: images -> logits.
+    ``integer_kernels``: nodes of the session's optimized graph that compute in integers
+    (QLinear*, *Integer), the Conv / Gemm that onnxruntime fused with their Q / DQ."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        import tempfile
+        from collections import Counter
+
+        import onnx
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        with tempfile.TemporaryDirectory() as folder:
+            options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+            try:
+                self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            except Exception as error:  # noqa: BLE001 - onnxruntime raises its own classes for any refusal
+                raise UserError(f"--verify-onnx: onnxruntime cannot load {path}: {first_line(error)}") from None
+            operators = Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+        self.integer_kernels = sum(count for op, count in operators.items()
+                                   if op.startswith("QLinear") or op.endswith("Integer"))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        try:
+            (logits,) = self.session.run(["logits"], {"images": images.detach().float().cpu().numpy()})
+        except Exception as error:  # noqa: BLE001
+            raise UserError(f"--verify-onnx: onnxruntime failed on a batch: {first_line(error)}") from None
+        return torch.from_numpy(logits).to(images.device)
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def export_and_verify(args: argparse.Namespace, quantized, example: torch.Tensor, loader, device, process) -> dict:
+    """Write the export (rank 0); with --verify-onnx run it beside the simulator on every evaluated
+    batch. Returns the figures for the results."""
+    from inference.evaluate import evaluate
+    from pytorch_quantizer.errors import InputError
+    from pytorch_quantizer.onnx_export import export_qdq, save_export
+
+    if process.distributed:
+        raise UserError("--export-onnx writes one file from one process: run without torchrun")
+    try:
+        proto, encodings = export_qdq(quantized, example[:1].to(device))
+        encodings_path = save_export(proto, encodings, args.export_onnx)
+    except InputError as error:
+        raise UserError(str(error)) from None
+    figures = {"onnx_file": str(args.export_onnx), "onnx_encodings": str(encodings_path),
+               "onnx_quantized_tensors": len(encodings)}
+    if not args.verify_onnx:
+        return figures
+    runtime_model = RuntimeModel(args.export_onnx)
+    runtime, fidelity = evaluate(runtime_model, loader, device, reference=quantized.model)
+    return figures | {"onnx_integer_kernels": runtime_model.integer_kernels, "onnx_top1": runtime.top1, "onnx_top5": runtime.top5, "onnx_simulator_top1": fidelity.reference.top1,
+                      "onnx_top1_agreement": fidelity.top1_agreement,
+                      "onnx_max_abs_logit_diff": fidelity.max_abs_logit_diff,
+                      "onnx_mean_abs_logit_diff": fidelity.mean_abs_logit_diff}
