@@ -1,0 +1,25 @@
+"""analysis/onnx_deployment.py in quick mode: one exported and verified row, resumable."""
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "analysis"))
+
+
+def test_quick_deployment_table_agrees_with_the_simulator_and_resumes(tmp_path, monkeypatch):
+    import onnx_deployment
+
+    argv = ["--quick", "--out", str(tmp_path), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert onnx_deployment.main(argv) == 0
+    (row,) = pd.read_csv(tmp_path / "onnx_deployment.csv").to_dict("records")
+    assert row["agreement %"] >= 99.0 and abs(row["onnxruntime top-1"] - row["simulator top-1"]) <= 1.0
+    assert row["integer kernels"] > 0 and (tmp_path / "models" / "fmnist_mobilenet.W8A8.onnx").is_file()
+
+    def must_not_run(*_):
+        pytest.fail("a finished row ran again")
+
+    monkeypatch.setattr(onnx_deployment, "run_row", must_not_run)
+    assert onnx_deployment.main(argv) == 0
