@@ -107,7 +107,7 @@ def test_cli_exports_verifies_and_writes_the_encodings(run_cli, tmp_path):
     model, results = tmp_path / "w4a8.onnx", tmp_path / "w4a8.json"
     code, out, err = run_cli("-a", MODEL, "-p", "0", "-b", "100", "-ss", "200", "-pcq_w", "--qtype", "int8",
                              "-qw", "int4", "-sm", "collect", "-cs", "256", "-sf", tmp_path, "--export-onnx", model,
-                             "--verify-onnx", "--results-json", results)
+                             "--verify-onnx", "--results-json", results, "-mlexp", "onnx-export")
     assert code == 0, err
     figures = json.loads(results.read_text())
     assert figures["onnx_simulator_top1"] == figures["top1"]
@@ -119,6 +119,11 @@ def test_cli_exports_verifies_and_writes_the_encodings(run_cli, tmp_path):
     assert {e["storage"] for e in weights if e["bits"] == 4} <= {"uint4", "int8", "int16"}
     assert any(e["storage"] == "uint4" for e in weights)
     assert {e["bits"] for e in weights} == {4, 8}      # first conv and classifier kept at 8 bits
+    import mlflow
+
+    run = mlflow.search_runs(experiment_names=["onnx-export"]).iloc[0]
+    assert run["metrics.onnx_top1_agreement"] == figures["onnx_top1_agreement"]
+    assert run["metrics.onnx_top1"] == figures["onnx_top1"]
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -148,3 +153,16 @@ def test_onnx_flag_mistakes_exit_2_with_one_line(run_cli, tmp_path, flags, messa
     code, _, err = run_cli("-a", MODEL, "-p", "0", "-ss", "10", *flags)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("extra", [["--equalize"], ["--improved"]])
+def test_equalized_clamps_and_input_quantization_export_and_agree(run_cli, tmp_path, extra):
+    """--equalize leaves per-channel clamps (Max / Min) after the quantized outputs; --improved
+    quantizes what each GEMM reads and the rectified outputs."""
+    results = tmp_path / "results.json"
+    code, _, err = run_cli("-a", MODEL, "-p", "0", "-b", "100", "-ss", "200", "-pcq_w", "--qtype", "int8", "-qw", "int8",
+                           "-sm", "collect", "-cs", "256", "-sf", tmp_path, *extra, "--export-onnx", tmp_path / "m.onnx",
+                           "--verify-onnx", "--results-json", results)
+    assert code == 0, err
+    figures = json.loads(results.read_text())
+    assert figures["onnx_top1_agreement"] >= 98.5 and figures["onnx_max_abs_logit_diff"] < 0.5
