@@ -10,8 +10,9 @@ exists is not run again), with a progress bar over rows.
 Data as in ``report.py``: Fashion-MNIST on its 10,000 test images, rounding learned on ``-cs 256``
 training images with 500 steps; EfficientNet-Lite on the 400 development photos, rounding learned
 on the 100 others (``--calib-holdout 100 -cs 100``) with 200 steps on lite0 (what fits the 30
-minutes issue 14 allows per learned model on this 2-core machine) and 100 on the larger lite1 and
-lite2 (their six learned rows take about 1.3 and 1.7 times lite0's time per step). Each table gives top-1, agreement with FP32,
+minutes issue 14 allows per learned model on this 2-core machine) and 100 on lite1 and lite2, which
+are wider, deeper and read larger images (240 / 260 pixels), so that their six learned rows fit a
+working day on 2 cores. Each table gives top-1, agreement with FP32,
 the seconds spent learning the rounding and the seconds of the whole run. Writes
 ``<out>/<model>.md`` and ``<out>/post_training_methods.csv``.
 """
