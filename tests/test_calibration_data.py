@@ -121,6 +121,10 @@ def test_fidelity_counts_agreement_and_kl_like_scipy():
     expected_kl = rel_entr(softmax(reference.double().numpy(), axis=1), softmax(logits.double().numpy(), axis=1)).sum(1)
     assert fidelity.mean_kl == pytest.approx(expected_kl.mean(), rel=1e-9)
     assert fidelity.reference.images == 50
+    difference = (logits.double() - reference.double()).abs()
+    assert fidelity.max_abs_logit_diff == pytest.approx(float(difference.max()), rel=1e-12)
+    assert fidelity.mean_abs_logit_diff == pytest.approx(float(difference.mean()), rel=1e-12)
+    assert counter.result(max_over_processes=lambda largest: largest * 0 + 7.0).max_abs_logit_diff == 7.0
 
 
 def test_a_model_against_itself_agrees_fully_with_zero_kl():
