@@ -111,8 +111,7 @@ def float_graph(model: nn.Module, example: torch.Tensor):
     return onnx.load_from_string(buffer.getvalue())
 
 
-def checked_codes(layer: str, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                  qmax: torch.Tensor) -> torch.Tensor:
+def checked_codes(layer: str, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     """Integer codes q with (q - z) s = ``weight`` per output channel; ExportError where the weight is
     not on its grid."""
     shape = (-1,) + (1,) * (weight.dim() - 1)
@@ -290,7 +289,7 @@ def export_qdq(quantized, example: torch.Tensor):
             weight = model.get_submodule(name).weight.detach()
             bits, per_channel = int(plan.weight.bits), plan.weight.per_channel
             codes, zero_point, element_type = weight_storage(
-                checked_codes(name, weight, grid.scale, grid.zero_point, grid.qmax), grid.zero_point, grid.qmax, bits)
+                checked_codes(name, weight, grid.scale, grid.zero_point), grid.zero_point, grid.qmax, bits)
             builder.quantize_weight(nodes[name], name, codes, grid.scale, zero_point, element_type, per_channel)
             encodings.append(Encoding(name, "weight", bits, grid.scale.float().reshape(-1).tolist(),
                                       grid.zero_point.round().int().reshape(-1).tolist(), 0 if per_channel else None,
