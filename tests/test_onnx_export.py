@@ -166,3 +166,14 @@ def test_equalized_clamps_and_input_quantization_export_and_agree(run_cli, tmp_p
     assert code == 0, err
     figures = json.loads(results.read_text())
     assert figures["onnx_top1_agreement"] >= 98.5 and figures["onnx_max_abs_logit_diff"] < 0.5
+
+
+def test_a_model_onnxruntime_cannot_load_is_a_one_line_error(tmp_path):
+    from inference.errors import UserError
+    from inference.onnx_runtime import RuntimeModel
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf")
+    with pytest.raises(UserError, match=r"^--verify-onnx: onnxruntime cannot load .*broken.onnx: ") as caught:
+        RuntimeModel(broken)
+    assert "\n" not in str(caught.value)
