@@ -2,7 +2,7 @@
 and run by onnxruntime on the evaluated images (``--verify-onnx``), one row (one mlflow run,
 experiment ``onnx-deployment``) per model and precision, resumable like ``report.py``.
 
-    python analysis/onnx_deployment.py            # three models, W8A8 / W4A8 / W4A4 (minutes)
+    python analysis/onnx_deployment.py            # three models, W8A8 / W4A8 (each also with --int32-bias) / W4A4
     python analysis/onnx_deployment.py --quick    # fmnist_mobilenet W8A8 on 200 images (tests)
 
 Recipes: per-channel weights, per-tensor activations, statistics collected once (``-sm collect``)
@@ -25,7 +25,9 @@ from report import RowFailed, data_flags, plan_models, result_path, row_argv, ru
 from runs import DEVELOPMENT_PHOTOS, REPO_ROOT  # noqa: E402
 
 MODELS = ("fmnist_resnet20", "fmnist_mobilenet", "efficientnet_lite0")
-PRECISIONS = {"W8A8": "--qtype int8 -qw int8", "W4A8": "--qtype int8 -qw int4", "W4A4": "--qtype int4 -c laplace -qw int4"}
+PRECISIONS = {"W8A8": "--qtype int8 -qw int8", "W8A8 --int32-bias": "--qtype int8 -qw int8 --int32-bias",
+              "W4A8": "--qtype int8 -qw int4", "W4A8 --int32-bias": "--qtype int8 -qw int4 --int32-bias",
+              "W4A4": "--qtype int4 -c laplace -qw int4"}
 COLUMNS = {"top1": "simulator top-1", "onnx_top1": "onnxruntime top-1", "onnx_top1_agreement": "agreement %",
            "onnx_max_abs_logit_diff": "max abs logit diff", "onnx_mean_abs_logit_diff": "mean abs logit diff",
            "onnx_integer_kernels": "integer kernels", "images": "images"}
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         for arch in models:
             data = [*data_flags(arch, development_photos, quick=False), *(["-ss", "200"] if args.quick else [])]
             for precision in precisions:
-                flags = row_flags(arch, precision, args.out / "models" / f"{arch}.{precision}.onnx", development_photos)
+                model_file = args.out / "models" / f"{arch}.{precision.replace(' --', '.')}.onnx"
+                flags = row_flags(arch, precision, model_file, development_photos)
                 argv_row = row_argv(arch, flags, data, args.out / arch / "statistics")
                 path = result_path(args.out, arch, precision, argv_row)
                 bar.update(1)

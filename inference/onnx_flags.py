@@ -16,6 +16,10 @@ def add_onnx_flags(parser: argparse.ArgumentParser) -> None:
                        help="after calibration, write the BN-folded model as ONNX (opset 21) with QuantizeLinear / "
                             "DequantizeLinear pairs carrying the simulator's scales and zero points, and the "
                             "encodings beside it as PATH minus .onnx + .encodings.json")
+    group.add_argument("--int32-bias", action="store_true",
+                       help="round each Conv / Linear bias to its accumulator grid, round(b / (s_x s_w)) s_x s_w (int32), "
+                            "where the layer's input lies on an activation grid, as integer runtimes hold it "
+                            "(needs fixed activation ranges: -sm collect / use; exported as int32 DequantizeLinear)")
     group.add_argument("--verify-onnx", action="store_true",
                        help="with --export-onnx: run the exported model in onnxruntime (CPU) on the evaluated images "
                             "and report its top-1, its top-1 agreement with the simulator and the max / mean "
@@ -27,6 +31,8 @@ def check_onnx_flags(args: argparse.Namespace, config) -> None:
     from inference.validation import check_output_file
     from pytorch_quantizer.onnx_export import export_problem
 
+    if args.int32_bias:
+        check_int32_bias(args, config)
     if args.verify_onnx and args.export_onnx is None:
         raise UserError("--verify-onnx checks an exported model: add --export-onnx PATH")
     if args.export_onnx is None:
@@ -68,3 +74,19 @@ def export_and_verify(args: argparse.Namespace, quantized, example, loader, devi
                       "onnx_top1_agreement": fidelity.top1_agreement,
                       "onnx_max_abs_logit_diff": fidelity.max_abs_logit_diff,
                       "onnx_mean_abs_logit_diff": fidelity.mean_abs_logit_diff}
+
+
+def check_int32_bias(args: argparse.Namespace, config) -> None:
+    """--int32-bias needs integer weights and fixed per-tensor activation ranges (the s_x of each layer)."""
+    from pytorch_quantizer.config import WeightKind
+
+    if config is None or config.weights is None or config.weights.kind != WeightKind.INT:
+        raise UserError("--int32-bias puts biases on the grid of integer weights: add -qw intN")
+    if config.activations is None or not config.activations.kind.grid:
+        raise UserError("--int32-bias needs GEMMLOWP activations (the accumulator grid is s_x s_w): add --qtype intN")
+    if not (args.sm in ("collect", "use") or args.ac):
+        raise UserError("--int32-bias needs fixed activation ranges, which define s_x: add -sm collect or -sm use")
+    if config.activations.per_channel:
+        raise UserError("--int32-bias needs one input scale per layer: drop -pcq_a")
+    if config.bias_correct_activations:
+        raise UserError("--int32-bias and -bca both change biases: drop one of them")

@@ -226,6 +226,7 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
             activations=activations, weights=weights, prior=Prior(args.bap), rounding=BitRounding(args.bam),
             preserve_zero=args.pz, stochastic=args.stochastic, power_of_two_scale=args.hs,
             bias_correct_weights=args.bcw, variance_correct_weights=args.vcw, bias_correct_activations=args.bca,
+            int32_bias=args.int32_bias,
             measure_entropy=args.me, act_quant_point=ActQuantPoint(act_quant_point(args)), stats_kind=StatsKind(args.sk),
             keep_8bit=keep_8bit_patterns(args, spec), keep_fp=tuple(args.keep_fp), seed=args.seed,
             departures=departures)

@@ -133,7 +133,10 @@ class QuantConfig:
     classifier; kept weights keep their granularity and are never clipped unless ``weights``
     clips); ``prior`` and ``rounding`` steer bit allocation; ``departures`` selects this project's
     variants of the seed's arithmetic; ``act_quant_point`` OUTPUT is the seed's (Conv/Linear outputs,
-    a following ReLU / ReLU6 fused as a range starting at 0), INPUT quantizes what each GEMM reads.
+    a following ReLU / ReLU6 fused as a range starting at 0), INPUT quantizes what each GEMM reads;
+    ``int32_bias``: with fixed activation ranges, the bias of a layer whose input lies on an
+    activation grid is rounded to its accumulator grid (``QuantizedModel.bias_scales``), as integer
+    runtimes hold it.
     """
 
     activations: TensorQuantSpec | None = None
@@ -149,6 +152,7 @@ class QuantConfig:
     measure_entropy: bool = False
     act_quant_point: ActQuantPoint = ActQuantPoint.OUTPUT
     stats_kind: StatsKind = StatsKind.MEAN
+    int32_bias: bool = False
     keep_8bit: tuple[str, ...] = ()
     keep_fp: tuple[str, ...] = ()
     seed: int = 0

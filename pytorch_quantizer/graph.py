@@ -40,6 +40,8 @@ class ModelGraph:
     input_shapes: dict[str, tuple[int, ...]]    # Conv/Linear name -> shape of its input
     output_shapes: dict[str, tuple[int, ...]]   # Conv/Linear name -> shape of its output
     clamps_after: dict[str, ChannelClamp] = field(default_factory=dict)  # conv name -> its ChannelClamp
+    # Conv/Linear name -> the Conv/Linear whose output (after its BN and ReLU / ReLU6, if any) it reads as is
+    input_producers: dict[str, str] = field(default_factory=dict)
 
 
 def has_spatial_extent(shape: tuple[int, ...]) -> bool:
@@ -58,8 +60,12 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
     input_shapes: dict[str, tuple[int, ...]] = {}
     output_shapes: dict[str, tuple[int, ...]] = {}
 
+    input_producers: dict[str, str] = {}
+
     def conv_output(name):
         def hook(module, args, output):
+            if id(args[0]) in producers:
+                input_producers.setdefault(name, producers[id(args[0])])
             producers[id(output)] = name
             alive.append(output)
             input_shapes.setdefault(name, tuple(args[0].shape))
@@ -88,6 +94,11 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
             if isinstance(module, ChannelClamp):
                 clamps_after.setdefault(conv, module)
 
+    def activation_output(module, args, output):
+        if id(args[0]) in producers and not isinstance(module, ChannelClamp):
+            producers[id(output)] = producers[id(args[0])]
+            alive.append(output)
+
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, GEMM_LAYERS):
@@ -97,6 +108,7 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
             handles.append(module.register_forward_hook(bn_output(name)))
         elif isinstance(module, ACTIVATIONS):
             handles.append(module.register_forward_pre_hook(activation_input))
+            handles.append(module.register_forward_hook(activation_output))
     was_training = model.training
     try:
         model.eval()
@@ -105,7 +117,7 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return ModelGraph(bn_after_conv, activation_after, input_shapes, output_shapes, clamps_after)
+    return ModelGraph(bn_after_conv, activation_after, input_shapes, output_shapes, clamps_after, input_producers)
 
 
 def set_submodule(model: nn.Module, name: str, replacement: nn.Module) -> None:

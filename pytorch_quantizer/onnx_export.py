@@ -48,7 +48,7 @@ class Encoding:
     """One quantized tensor of the simulator: value = (q - zero_point) * scale, q in 0 .. 2^bits - 1."""
 
     layer: str
-    tensor: str          # "weight", "output" or "input"
+    tensor: str          # "weight", "bias" (int32_bias), "output" or "input"
     bits: int
     scale: list[float]
     zero_point: list[int]
@@ -188,6 +188,22 @@ class QDQBuilder:
         if not any(old in other.input for other in self.graph.node):
             self.graph.initializer.remove(self.initializers[old])
 
+    def quantize_bias(self, index: int, layer: str, bias: torch.Tensor, scale: torch.Tensor) -> None:
+        """The node's bias as int32 codes round(b / (s_x s_w)) and DequantizeLinear(axis 0) at s_x s_w."""
+        from onnx import helper
+
+        node = self.graph.node[index]
+        prefix = f"{layer}.bias_quantized"
+        codes = torch.round(bias.float() / scale.float()).to(torch.int64)
+        self.graph.initializer.append(tensor_proto(f"{prefix}_codes", codes, "INT32"))
+        scale_name, zero_name = self.grid_tensors(prefix, scale, torch.zeros_like(scale), "INT32", True)
+        self.leading.append(helper.make_node("DequantizeLinear", [f"{prefix}_codes", scale_name, zero_name],
+                                             [f"{prefix}_dq"], name=f"{prefix}/DequantizeLinear", axis=0))
+        old = node.input[2]
+        node.input[2] = f"{prefix}_dq"
+        if not any(old in other.input for other in self.graph.node):
+            self.graph.initializer.remove(self.initializers[old])
+
     def qdq_nodes(self, prefix: str, source: str, target: str, scale: torch.Tensor, zero_point: torch.Tensor,
                   bits: int) -> list:
         from onnx import helper
@@ -291,6 +307,10 @@ def export_qdq(quantized, example: torch.Tensor):
             codes, zero_point, element_type = weight_storage(
                 checked_codes(name, weight, grid.scale, grid.zero_point), grid.zero_point, grid.qmax, bits)
             builder.quantize_weight(nodes[name], name, codes, grid.scale, zero_point, element_type, per_channel)
+            if name in quantized.bias_scales:
+                scale = quantized.bias_scales[name]
+                builder.quantize_bias(nodes[name], name, model.get_submodule(name).bias.detach(), scale)
+                encodings.append(Encoding(name, "bias", 32, scale.tolist(), [0] * scale.numel(), 0, "no", "int32"))
             encodings.append(Encoding(name, "weight", bits, grid.scale.float().reshape(-1).tolist(),
                                       grid.zero_point.round().int().reshape(-1).tolist(), 0 if per_channel else None,
                                       plan.weight.clipping, element_type.lower()))

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from pytorch_quantizer import adaround, families
+from pytorch_quantizer import adaround, families, primitives
 from pytorch_quantizer.bias_correction import correct_positive_outputs, correct_weights
 from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec, WeightKind
 from pytorch_quantizer.entropy import weighted_average
 from pytorch_quantizer.errors import InputError
 from pytorch_quantizer.family_activations import FamilyActivations
 from pytorch_quantizer.graph import GEMM_LAYERS, ChannelClamp, ModelGraph, fold_batch_norms, has_spatial_extent, trace_graph
+from pytorch_quantizer.int32_bias import accumulator_bias
 from pytorch_quantizer.kmeans import kmeans_quantize
 from pytorch_quantizer.layer_measures import LayerMeasures, value_codes
 from pytorch_quantizer.observers import ObservedLayer, StatsAccumulator, observe, observing
@@ -139,6 +140,9 @@ class QuantizedModel:
         self._bypass = False
         self._rounding_calls = 0
         self._fixed_plans: dict[str, QuantPlan] = {}
+        self._input_producers: dict[str, str] = {}
+        self.bias_scales: dict[str, torch.Tensor] = {}   # int32_bias: layer -> s_x s_w per output channel
+        self._grid_overrides: dict[str, adaround.Grid] = {}   # int32_bias: weight grids with raised scales
 
     def __enter__(self) -> "QuantizedModel":
         self.model = self.source if self.inplace else copy.deepcopy(self.source)
@@ -147,6 +151,7 @@ class QuantizedModel:
         fold_batch_norms(self.model, graph.bn_after_conv)
         self.plans = plan_layers(self.model, self.config, graph)
         self._fused_clamps = graph.clamps_after
+        self._input_producers = graph.input_producers
         for name, plan in self.plans.items():
             module = self.model.get_submodule(name)
             bias = module.bias.detach().clone() if module.bias is not None else None
@@ -216,11 +221,13 @@ class QuantizedModel:
         module.weight.data.copy_(values)
 
     def weight_grid(self, name: str) -> "adaround.Grid | None":
-        """The GEMMLOWP grid of the layer's weight (from its float weight), None where its weight is
-        float, of another kind, or on mid-tread bins."""
+        """The GEMMLOWP grid of the layer's weight (from its float weight, with ``int32_bias``'s raised
+        scales), None where its weight is float, of another kind, or on mid-tread bins."""
         spec = self.plans[name].weight
         if spec is None or spec.kind != WeightKind.INT:
             return None
+        if name in self._grid_overrides:
+            return self._grid_overrides[name]
         weight = self.float_params[name][0]
         plan = plan_quantization(observe(weight, observed_layer(spec, 0)), spec, self.config, False, weights=True)
         return None if plan.mid_tread else adaround.Grid(plan.scale, plan.zero_point, plan.qmax)
@@ -232,6 +239,8 @@ class QuantizedModel:
         module = self.model.get_submodule(name)
         module.weight.data.copy_(self.float_params[name][0])
         self.quantize_weight(name, module, self.plans[name].weight)
+        if self.config.int32_bias and self.activation_stats is not None:
+            self.round_biases()
 
     @torch.no_grad()
     def record_trained_weight(self, name: str, float_weight: torch.Tensor, quantized_weight: torch.Tensor) -> None:
@@ -278,9 +287,50 @@ class QuantizedModel:
         return {name for name, plan in self.activation_plans().items() if plan.kept_8bit}
 
     def use_statistics(self, stats: dict[str, TensorStats] | None) -> None:
-        """Quantize activations with these statistics (offline) instead of each batch's (None)."""
+        """Quantize activations with these statistics (offline) instead of each batch's (None); with
+        ``int32_bias`` the biases go on their accumulator grids, which the fixed ranges define."""
         self.activation_stats = stats
         self._fixed_plans = {}
+        if self.config.int32_bias and stats is not None:
+            self.round_biases()
+
+    def input_grid_scale(self, name: str) -> torch.Tensor | None:
+        """The scale of the per-tensor grid that the layer's input lies on exactly, if any: its own
+        input quantization (GEMM inputs), or the output quantization of the layer it reads (outputs),
+        which a following ReLU / ReLU6 leaves on the grid where the grid starts at 0 (zero point 0)
+        and an equalized per-channel clamp does not."""
+        source = name if not self.at_output else self._input_producers.get(name)
+        plan = self.plans.get(source) if source is not None else None
+        if plan is None or plan.activation is None or not plan.activation.kind.grid or plan.activation.per_channel:
+            return None
+        grid = self.activation_plan(source)
+        if grid.mid_tread:
+            return None
+        fused = plan.fused_activation if self.at_output else None
+        if fused is ChannelClamp or (fused is not None and float(grid.zero_point) != 0):
+            return None
+        return grid.scale.float().reshape(())
+
+    @torch.no_grad()
+    def round_biases(self) -> None:
+        """Each bias on its accumulator grid (``int32_bias.accumulator_bias``) where the layer's input
+        lies on a grid; a raised weight scale re-quantizes its channels and serves ``weight_grid``."""
+        self.bias_scales, self._grid_overrides = {}, {}
+        for name in self.plans:
+            module = self.model.get_submodule(name)
+            grid, float_bias = self.weight_grid(name), self.float_params[name][1]
+            input_scale = self.input_grid_scale(name) if grid is not None and float_bias is not None else None
+            placed = accumulator_bias(float_bias, input_scale, grid) if input_scale is not None else None
+            if placed is None:
+                continue
+            module.bias.data.copy_(placed.values)
+            self.bias_scales[name] = placed.scale
+            if bool(placed.raised.any()):
+                self._grid_overrides[name] = placed.grid
+                channels = placed.raised
+                module.weight.data[channels] = primitives.fake_quantize(
+                    self.float_params[name][0][channels], placed.grid.scale[channels],
+                    placed.grid.zero_point[channels], placed.grid.qmax.expand(channels.shape[0])[channels], 0)
 
     def fused_output(self, name: str, output: torch.Tensor) -> torch.Tensor:
         fused = self.plans[name].fused_activation
@@ -457,17 +507,22 @@ class QuantizedModel:
     def float_model(self):
         """For the block, the BN-folded float model: float weights back in place and activation
         quantization bypassed (the seed collects statistics on it)."""
-        quantized = {}
+        quantized, rounded_biases = {}, {}
         for name, (weight, bias) in self.float_params.items():
             module = self.model.get_submodule(name)
             quantized[name] = module.weight.detach().clone()
             module.weight.data.copy_(weight)
+            if name in self.bias_scales:
+                rounded_biases[name] = module.bias.detach().clone()
+                module.bias.data.copy_(bias)
         try:
             with self.bypassed():
                 yield self.model
         finally:
             for name, weight in quantized.items():
                 self.model.get_submodule(name).weight.data.copy_(weight)
+            for name, bias in rounded_biases.items():
+                self.model.get_submodule(name).bias.data.copy_(bias)
 
     def collect_statistics(self, batches, device: torch.device, also_other_granularity: bool = False,
                            image_averaged_range: bool = False
