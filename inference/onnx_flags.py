@@ -90,3 +90,6 @@ def check_int32_bias(args: argparse.Namespace, config) -> None:
         raise UserError("--int32-bias needs one input scale per layer: drop -pcq_a")
     if config.bias_correct_activations:
         raise UserError("--int32-bias and -bca both change biases: drop one of them")
+    if args.qat_epochs or args.load_qat is not None:
+        raise UserError("--int32-bias places biases on the grids of post-training weights, which QAT replaces: "
+                        "drop one of them")

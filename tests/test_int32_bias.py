@@ -67,6 +67,7 @@ def test_int32_biases_are_exported_and_bring_the_simulator_closer_to_the_runtime
     (["--qtype", "int8", "-qw", "int8", "-pcq_a", "-sm", "collect", "--int32-bias"], "one input scale per layer"),
     (["-qw", "int8", "--int32-bias"], "--int32-bias needs GEMMLOWP activations"),
     (["--qtype", "int8", "-qw", "f32", "-sm", "collect", "--int32-bias"], "add -qw intN"),
+    (["--qtype", "int8", "-qw", "int8", "-sm", "collect", "-bca", "--int32-bias"], "both change biases"),
 ])
 def test_int32_bias_refusals_exit_2_with_one_line(run_cli, tmp_path, flags, message):
     code, _, err = run_cli("-a", "fmnist_mobilenet", "-p", "0", "-ss", "10", "-sf", tmp_path, *flags)
