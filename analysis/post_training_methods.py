@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finished-only", action="store_true", help="tables of the rows already run only")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    command = " ".join(["python analysis/post_training_methods.py", *argv])
+    command = " ".join(["python analysis/post_training_methods.py", *(arg for arg in argv if arg != "--finished-only")])
     development_photos = DEVELOPMENT_PHOTOS.is_dir()
     models, notes = plan_models(args.models or (["fmnist_mobilenet"] if args.quick
                                                 else [*FMNIST_MODELS, *IMAGENET_MODELS]), development_photos)
