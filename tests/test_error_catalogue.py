@@ -284,8 +284,11 @@ def test_signals_end_the_mlflow_run_as_killed_with_one_line(tmp_path, signal_nam
     command = [sys.executable, str(REPO_ROOT / "inference" / "inference_sim.py"), "-a", "fmnist_resnet20",
                "--qtype", "int4", "-sm", "collect", "-cs", "60000", "-b", "100", "-sf", str(stats),
                "--mlflow-uri", uri]
+    # as in a terminal: a shell without job control starts background jobs with SIGINT ignored, and
+    # a test suite started that way would pass the ignored Ctrl-C on to the run
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PTQ_KEEP_MALLOC": "1"})
+                               env={**os.environ, "PTQ_KEEP_MALLOC": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_running_run(uri, process)
     process.send_signal(getattr(signal, signal_name))
     _, stderr = process.communicate(timeout=60)
