@@ -15,17 +15,18 @@ Writes ``<out>/onnx_deployment.md`` and ``.csv``; the ONNX files go to ``<out>/m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import RowFailed, data_flags, plan_models, result_path, row_argv, run_row  # noqa: E402
+from report import (RowFailed, data_flags, finished_or_run, plan_models, result_path,  # noqa: E402
+                    resume_message, row_argv)
 from runs import DEVELOPMENT_PHOTOS, REPO_ROOT  # noqa: E402
 
 MODELS = ("fmnist_resnet20", "fmnist_mobilenet", "efficientnet_lite0")
 PRECISIONS = {"W8A8": "--qtype int8 -qw int8", "W8A8 --int32-bias": "--qtype int8 -qw int8 --int32-bias",
+              "W8A8 --int32-bias --range-within-data": "--qtype int8 -qw int8 --int32-bias --range-within-data",
               "W4A8": "--qtype int8 -qw int4", "W4A8 --int32-bias": "--qtype int8 -qw int4 --int32-bias",
               "W4A4": "--qtype int4 -c laplace -qw int4"}
 COLUMNS = {"top1": "simulator top-1", "onnx_top1": "onnxruntime top-1", "onnx_top1_agreement": "agreement %",
@@ -65,11 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                 path = result_path(args.out, arch, precision, argv_row)
                 bar.update(1)
                 try:
-                    result = json.loads(path.read_text()) if path.exists() else run_row(
-                        argv_row, path, args.experiment, args.mlflow_uri)
+                    result = finished_or_run(path, argv_row, args.experiment, args.mlflow_uri)
                 except RowFailed as failure:
-                    print(f"onnx_deployment.py: error: {failure}; the finished rows are kept: run the same command "
-                          "again to resume", file=sys.stderr)
+                    print(resume_message("onnx_deployment.py", failure), file=sys.stderr)
                     return 2
                 rows.append({"model": arch, "recipe": precision, **{column: result[column] for column in COLUMNS}})
     frame = pd.DataFrame(rows).rename(columns=COLUMNS)

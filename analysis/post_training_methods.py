@@ -10,16 +10,16 @@ exists is not run again), with a progress bar over rows.
 Data as in ``report.py``: Fashion-MNIST on its 10,000 test images, rounding learned on ``-cs 256``
 training images with 500 steps; EfficientNet-Lite on the 400 development photos, rounding learned
 on the 100 others (``--calib-holdout 100 -cs 100``) with 200 steps on lite0 (what fits the 30
-minutes issue 14 allows per learned model on this 2-core machine) and 100 on lite1 and lite2, which
-are wider, deeper and read larger images (240 / 260 pixels), so that their six learned rows fit a
-working day on 2 cores. Each table gives top-1, agreement with FP32,
+minutes issue 14 allows per learned model on this 2-core machine) and 50 on lite1 and lite2, which
+are wider, deeper and read larger images (240 / 260 pixels: 1.6 and 2.2 times lite0's work per
+step), so that their twelve learned rows fit about 80 minutes on 2 cores. Each table gives top-1,
+agreement with FP32,
 the seconds spent learning the rounding and the seconds of the whole run. Writes
 ``<out>/<model>.md`` and ``<out>/post_training_methods.csv``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import (EMPTY_RESULT, FMNIST_MODELS, IMAGENET_MODELS, RowFailed, data_flags, figures,  # noqa: E402
-                    plan_models, result_path, row_argv, run_row)
+                    finished_or_run, plan_models, result_path, resume_message, row_argv)
 from runs import DEVELOPMENT_PHOTOS, REPO_ROOT  # noqa: E402
 
 PRECISIONS = {"W4A8": "--qtype int8 -qw int4 -pcq_w -bcw",
@@ -43,7 +43,7 @@ def learning(arch: str, quick: bool) -> list[str]:
         return ["-cs", "64", "--recon-iters", "10"]
     if arch.startswith("fmnist"):
         return ["-cs", "256", "--recon-iters", "500"]
-    return ["-cs", "100", "--recon-iters", "200" if arch == "efficientnet_lite0" else "100"]
+    return ["-cs", "100", "--recon-iters", "200" if arch == "efficientnet_lite0" else "50"]
 
 
 def planned_rows(arch: str, quick: bool) -> dict[str, str]:
@@ -111,11 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not path.exists() and args.finished_only:
                     continue
                 try:
-                    result = (json.loads(path.read_text()) if path.exists()
-                              else run_row(argv_row, path, args.experiment, args.mlflow_uri))
+                    result = finished_or_run(path, argv_row, args.experiment, args.mlflow_uri)
                 except RowFailed as failure:
-                    print(f"post_training_methods.py: error: {failure}; the finished rows are kept: run the same "
-                          "command again to resume", file=sys.stderr)
+                    print(resume_message("post_training_methods.py", failure), file=sys.stderr)
                     return 2
                 table.append(row_figures(label, result))
             frame = pd.DataFrame(table, columns=list(row_figures("", EMPTY_RESULT)))

@@ -15,13 +15,13 @@ batches of 64.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import EMPTY_RESULT, FMNIST_MODELS, RowFailed, figures, result_path, row_argv, run_row  # noqa: E402
+from report import (EMPTY_RESULT, FMNIST_MODELS, RowFailed, figures, finished_or_run, result_path,  # noqa: E402
+                    resume_message, row_argv)
 from runs import REPO_ROOT  # noqa: E402
 
 LEVEL_KINDS = ("uniform", "pot", "apot", "dorefa", "n2uq")
@@ -98,11 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not path.exists() and args.finished_only:
                     continue
                 try:
-                    result = (json.loads(path.read_text()) if path.exists()
-                              else run_row(argv_row, path, args.experiment, args.mlflow_uri))
+                    result = finished_or_run(path, argv_row, args.experiment, args.mlflow_uri)
                 except RowFailed as failure:
-                    print(f"quantizer_families.py: error: {failure}; the finished rows are kept: run the same "
-                          "command again to resume", file=sys.stderr)
+                    print(resume_message("quantizer_families.py", failure), file=sys.stderr)
                     return 2
                 table.append(figures(label, result) | {"qat_train_top1": result.get("qat_train_top1")})
             frame = pd.DataFrame(table, columns=[*figures("", EMPTY_RESULT), "qat_train_top1"])

@@ -119,6 +119,15 @@ def run_row(argv: list[str], results: Path, experiment: str, mlflow_uri: str | N
     return json.loads(results.read_text())
 
 
+def finished_or_run(path: Path, argv: list[str], experiment: str, mlflow_uri: str | None) -> dict:
+    """A row's results: read back when its results JSON exists (a resumed report), else run."""
+    return json.loads(path.read_text()) if path.exists() else run_row(argv, path, experiment, mlflow_uri)
+
+
+def resume_message(script: str, failure: RowFailed) -> str:
+    return f"{script}: error: {failure}; the finished rows are kept: run the same command again to resume"
+
+
 def mean_bits(spec: dict | None) -> float:
     """The recipe's mean bits of one tensor kind: the allocation target where bits are allocated, else the bits."""
     if not spec:
@@ -202,8 +211,7 @@ def run_model(arch: str, args: argparse.Namespace, development_photos: bool, bar
         if not path.exists() and "-sm use" in flags and not list(stats_folder.glob("*.stats.pt")):
             run_row(collect, result_path(args.out, arch, "collect statistics", collect), args.experiment,
                     args.mlflow_uri)
-        result = json.loads(path.read_text()) if path.exists() else run_row(argv, path, args.experiment,
-                                                                             args.mlflow_uri)
+        result = finished_or_run(path, argv, args.experiment, args.mlflow_uri)
         rows.append(figures(label, result))
     return pd.DataFrame(rows, columns=list(figures("", EMPTY_RESULT)))
 
@@ -286,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 table = run_model(arch, args, development_photos, bar)
             except RowFailed as failure:
-                print(f"report.py: error: {failure}; the finished rows are kept: run the same command again to "
-                      "resume", file=sys.stderr)
+                print(resume_message("report.py", failure), file=sys.stderr)
                 return 2
             text = markdown(arch, table, command, evaluated_source(arch, development_photos, args.quick),
                             QUICK_ROWS if args.quick else tuple(ROWS))

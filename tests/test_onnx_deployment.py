@@ -11,6 +11,7 @@ sys.path.insert(0, str(REPO_ROOT / "analysis"))
 
 def test_quick_deployment_table_agrees_with_the_simulator_and_resumes(tmp_path, monkeypatch):
     import onnx_deployment
+    import report
 
     argv = ["--quick", "--out", str(tmp_path), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     assert onnx_deployment.main(argv) == 0
@@ -21,5 +22,5 @@ def test_quick_deployment_table_agrees_with_the_simulator_and_resumes(tmp_path, 
     def must_not_run(*_):
         pytest.fail("a finished row ran again")
 
-    monkeypatch.setattr(onnx_deployment, "run_row", must_not_run)
+    monkeypatch.setattr(report, "run_row", must_not_run)
     assert onnx_deployment.main(argv) == 0

@@ -12,6 +12,7 @@ sys.path.insert(0, str(REPO_ROOT / "analysis"))
 
 def test_quick_methods_table_records_learning_and_resumes(tmp_path, monkeypatch):
     import post_training_methods
+    import report
 
     out = tmp_path / "methods"
     argv = ["--quick", "--out", str(out), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
@@ -28,7 +29,7 @@ def test_quick_methods_table_records_learning_and_resumes(tmp_path, monkeypatch)
     def must_not_run(*_):
         pytest.fail("a finished row ran again")
 
-    monkeypatch.setattr(post_training_methods, "run_row", must_not_run)
+    monkeypatch.setattr(report, "run_row", must_not_run)
     assert post_training_methods.main(argv) == 0
 
 
@@ -40,4 +41,4 @@ def test_full_plan_has_every_method_at_both_precisions_with_learning_settings():
     assert rows["W4A4, reconstruct block + QDrop 0.5"].endswith("--qdrop 0.5 -cs 100 --recon-iters 200")
     assert "-cs" not in rows["W4A8, equalize"]
     assert "--recon-iters 500" in post_training_methods.planned_rows("fmnist_resnet20", quick=False)["W4A8, adaround"]
-    assert "--recon-iters 100" in post_training_methods.planned_rows("efficientnet_lite2", quick=False)["W4A4, adaround"]
+    assert "--recon-iters 50" in post_training_methods.planned_rows("efficientnet_lite2", quick=False)["W4A4, adaround"]

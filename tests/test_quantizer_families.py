@@ -12,6 +12,7 @@ sys.path.insert(0, str(REPO_ROOT / "analysis"))
 
 def test_quick_families_table_has_qat_above_post_training_and_resumes(tmp_path, monkeypatch):
     import quantizer_families
+    import report
 
     out = tmp_path / "families"
     argv = ["--quick", "--models", "fmnist_resnet20", "--out", str(out), "--mlflow-uri",
@@ -27,5 +28,5 @@ def test_quick_families_table_has_qat_above_post_training_and_resumes(tmp_path, 
     def must_not_run(*_):
         pytest.fail("a finished row ran again")
 
-    monkeypatch.setattr(quantizer_families, "run_row", must_not_run)
+    monkeypatch.setattr(report, "run_row", must_not_run)
     assert quantizer_families.main(argv) == 0
