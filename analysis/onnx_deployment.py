@@ -9,12 +9,16 @@ Recipes: per-channel weights, per-tensor activations, statistics collected once 
 on calibration images disjoint from the evaluated ones (Fashion-MNIST: 512 training images;
 EfficientNet-Lite0: the 100 development photos held out, 400 evaluated; the 20 foolbox photos
 without them). Columns: the simulator's and the runtime's top-1, their top-1 agreement, the max /
-mean absolute logit difference and the Conv / Gemm that onnxruntime ran as integer kernels.
+mean absolute logit difference, the largest simulator margin (top-1 logit minus the logit of the
+runtime's class) among the images whose class changed (nan in rows run before this figure
+existed: delete a row's JSON to run it again), and the Conv / Gemm that onnxruntime ran as
+integer kernels.
 Writes ``<out>/onnx_deployment.md`` and ``.csv``; the ONNX files go to ``<out>/models/``.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -31,7 +35,8 @@ PRECISIONS = {"W8A8": "--qtype int8 -qw int8", "W8A8 --int32-bias": "--qtype int
               "W4A4": "--qtype int4 -c laplace -qw int4"}
 COLUMNS = {"top1": "simulator top-1", "onnx_top1": "onnxruntime top-1", "onnx_top1_agreement": "agreement %",
            "onnx_max_abs_logit_diff": "max abs logit diff", "onnx_mean_abs_logit_diff": "mean abs logit diff",
-           "onnx_integer_kernels": "integer kernels", "images": "images"}
+           "onnx_max_flipped_margin": "max flipped margin", "onnx_integer_kernels": "integer kernels",
+           "images": "images"}
 
 
 def row_flags(arch: str, precision: str, model_file: Path, development_photos: bool) -> str:
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 except RowFailed as failure:
                     print(resume_message("onnx_deployment.py", failure), file=sys.stderr)
                     return 2
-                rows.append({"model": arch, "recipe": precision, **{column: result[column] for column in COLUMNS}})
+                rows.append({"model": arch, "recipe": precision,
+                             **{column: result.get(column, math.nan) for column in COLUMNS}})
     frame = pd.DataFrame(rows).rename(columns=COLUMNS)
     frame.to_csv(args.out / "onnx_deployment.csv", index=False)
     command = " ".join(["python analysis/onnx_deployment.py", *argv])

@@ -26,7 +26,10 @@ class Fidelity:
     ``top1_agreement``: percent of images whose top-1 class is the reference's;
     ``mean_kl``: mean over images of KL(p_ref || p) = sum_k p_ref,k (log p_ref,k - log p_k), in nats,
     with p = softmax(logits); ``max_abs_logit_diff`` / ``mean_abs_logit_diff``: max and mean over all
-    logits of |logit - reference logit|.
+    logits of |logit - reference logit|; ``max_flipped_margin``: over the images whose top-1 class
+    differs, the largest reference-logit margin between the reference's top-1 class and the model's,
+    ref[argmax ref] - ref[argmax logits] (0 when all agree): how far from a tie the reference was
+    wherever the classification changed.
     """
 
     reference: EvalResult
@@ -34,6 +37,7 @@ class Fidelity:
     mean_kl: float
     max_abs_logit_diff: float = 0.0
     mean_abs_logit_diff: float = 0.0
+    max_flipped_margin: float = 0.0
 
 
 def count_topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -79,11 +83,18 @@ class FidelityCounter:
         self.kl_sum = 0.0
         self.abs_diff_sum = 0.0
         self.abs_diff_max = 0.0
+        self.flipped_margin_max = 0.0
         self.logits = 0
 
     def add(self, logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.reference.add(reference_logits, labels)
-        self.agreeing += int((logits.argmax(dim=1) == reference_logits.argmax(dim=1)).sum())
+        top, reference_top = logits.argmax(dim=1), reference_logits.argmax(dim=1)
+        self.agreeing += int((top == reference_top).sum())
+        flipped = top != reference_top
+        if flipped.any():
+            chosen = reference_logits[flipped].double()
+            margins = chosen.gather(1, reference_top[flipped, None]) - chosen.gather(1, top[flipped, None])
+            self.flipped_margin_max = max(self.flipped_margin_max, float(margins.max()))
         log_p = F.log_softmax(logits.double(), dim=1)
         log_p_ref = F.log_softmax(reference_logits.double(), dim=1)
         self.kl_sum += float(F.kl_div(log_p, log_p_ref, reduction="sum", log_target=True))
@@ -95,13 +106,13 @@ class FidelityCounter:
     def result(self, sum_over_processes=None, max_over_processes=None) -> Fidelity:
         reference = self.reference.result(sum_over_processes)
         totals = torch.tensor([self.agreeing, self.kl_sum, self.abs_diff_sum, self.logits], dtype=torch.float64)
-        largest = torch.tensor([self.abs_diff_max], dtype=torch.float64)
+        largest = torch.tensor([self.abs_diff_max, self.flipped_margin_max], dtype=torch.float64)
         if sum_over_processes is not None:
             totals = sum_over_processes(totals)
         if max_over_processes is not None:
             largest = max_over_processes(largest)
         return Fidelity(reference, 100.0 * float(totals[0]) / reference.images, float(totals[1]) / reference.images,
-                        float(largest[0]), float(totals[2]) / max(float(totals[3]), 1.0))
+                        float(largest[0]), float(totals[2]) / max(float(totals[3]), 1.0), float(largest[1]))
 
 
 @torch.inference_mode()
@@ -114,7 +125,8 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, print_freq: i
     With ``progress`` a tqdm bar is drawn over batches and, every ``print_freq`` batches, its
     postfix shows the running Prec@1 / Prec@5 of this process. ``sum_over_processes`` (e.g.
     ``ProcessInfo.sum``) adds the counts of all processes before the percentages are taken, and
-    ``max_over_processes`` (``ProcessInfo.maximum``) takes the largest logit difference of all.
+    ``max_over_processes`` (``ProcessInfo.maximum``) takes the largest logit difference and flipped
+    margin of all.
     """
     model.eval()
     if reference is not None:

@@ -317,7 +317,8 @@ def print_results(results: dict, table) -> None:
         print(f"onnxruntime on the same images: Prec@1 {results['onnx_top1']:.3f} Prec@5 {results['onnx_top5']:.3f} "
               f"(simulator {results['onnx_simulator_top1']:.3f}); top-1 agreement with the simulator "
               f"{results['onnx_top1_agreement']:.3f} %, logit difference max {results['onnx_max_abs_logit_diff']:.4f} "
-              f"mean {results['onnx_mean_abs_logit_diff']:.5f}; {results['onnx_integer_kernels']} integer kernels")
+              f"mean {results['onnx_mean_abs_logit_diff']:.5f}; simulator margin of the changed classifications at "
+              f"most {results['onnx_max_flipped_margin']:.4f}; {results['onnx_integer_kernels']} integer kernels")
     for key in ("activation_stats_csv", "dump_file"):
         if key in results:
             print(f"{key.replace('_', ' ')}: {results[key]}")

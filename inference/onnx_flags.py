@@ -73,7 +73,8 @@ def export_and_verify(args: argparse.Namespace, quantized, example, loader, devi
     return figures | {"onnx_integer_kernels": runtime_model.integer_kernels, "onnx_top1": runtime.top1, "onnx_top5": runtime.top5, "onnx_simulator_top1": fidelity.reference.top1,
                       "onnx_top1_agreement": fidelity.top1_agreement,
                       "onnx_max_abs_logit_diff": fidelity.max_abs_logit_diff,
-                      "onnx_mean_abs_logit_diff": fidelity.mean_abs_logit_diff}
+                      "onnx_mean_abs_logit_diff": fidelity.mean_abs_logit_diff,
+                      "onnx_max_flipped_margin": fidelity.max_flipped_margin}
 
 
 def check_int32_bias(args: argparse.Namespace, config) -> None:

@@ -125,6 +125,20 @@ def test_fidelity_counts_agreement_and_kl_like_scipy():
     assert fidelity.max_abs_logit_diff == pytest.approx(float(difference.max()), rel=1e-12)
     assert fidelity.mean_abs_logit_diff == pytest.approx(float(difference.mean()), rel=1e-12)
     assert counter.result(max_over_processes=lambda largest: largest * 0 + 7.0).max_abs_logit_diff == 7.0
+    flipped = [(row[row.argmax()] - row[top]).item() for row, top in zip(reference, logits.argmax(1))
+               if top != row.argmax()]
+    assert fidelity.max_flipped_margin == pytest.approx(max(flipped), rel=1e-6) and max(flipped) > 0
+
+
+def test_the_flipped_margin_is_the_references_gap_between_the_two_classes():
+    reference = torch.tensor([[3.0, 2.9, 0.0], [5.0, 0.0, 1.0], [0.0, 1.0, 4.0]])
+    logits = torch.tensor([[2.0, 2.5, 0.0], [5.0, 0.0, 1.0], [0.0, 1.0, 4.0]])
+    counter = FidelityCounter()
+    counter.add(logits, reference, torch.zeros(3, dtype=torch.long))
+    assert counter.result().max_flipped_margin == pytest.approx(0.1, rel=1e-6)
+    agreeing = FidelityCounter()
+    agreeing.add(reference, reference, torch.zeros(3, dtype=torch.long))
+    assert agreeing.result().max_flipped_margin == 0.0
 
 
 def test_a_model_against_itself_agrees_fully_with_zero_kl():

@@ -113,6 +113,9 @@ def test_cli_exports_verifies_and_writes_the_encodings(run_cli, tmp_path):
     assert figures["onnx_simulator_top1"] == figures["top1"]
     assert figures["onnx_top1_agreement"] >= 99.0 and abs(figures["onnx_top1"] - figures["top1"]) <= 1.0
     assert "onnxruntime on the same images: Prec@1" in out
+    # a changed class needs the logit differences to close the simulator's margin: m <= 2 max |diff|
+    assert 0.0 <= figures["onnx_max_flipped_margin"] <= 2 * figures["onnx_max_abs_logit_diff"]
+    assert (figures["onnx_max_flipped_margin"] > 0) == (figures["onnx_top1_agreement"] < 100)
     encodings = json.loads((tmp_path / "w4a8.encodings.json").read_text())
     assert encodings["opset"] == 21
     weights = [e for e in encodings["encodings"] if e["tensor"] == "weight"]
@@ -124,6 +127,7 @@ def test_cli_exports_verifies_and_writes_the_encodings(run_cli, tmp_path):
     run = mlflow.search_runs(experiment_names=["onnx-export"]).iloc[0]
     assert run["metrics.onnx_top1_agreement"] == figures["onnx_top1_agreement"]
     assert run["metrics.onnx_top1"] == figures["onnx_top1"]
+    assert run["metrics.onnx_max_flipped_margin"] == figures["onnx_max_flipped_margin"]
 
 
 @pytest.mark.parametrize("flags, message", [
