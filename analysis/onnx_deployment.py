@@ -10,8 +10,8 @@ on calibration images disjoint from the evaluated ones (Fashion-MNIST: 512 train
 EfficientNet-Lite0: the 100 development photos held out, 400 evaluated; the 20 foolbox photos
 without them). Columns: the simulator's and the runtime's top-1, their top-1 agreement, the max /
 mean absolute logit difference, the largest simulator margin (top-1 logit minus the logit of the
-runtime's class) among the images whose class changed (nan in rows run before this figure
-existed: delete a row's JSON to run it again), and the Conv / Gemm that onnxruntime ran as
+runtime's class) among the images whose class changed (0 where none changed; nan in other rows
+run before this figure existed: delete a row's JSON to run it again), and the Conv / Gemm that onnxruntime ran as
 integer kernels.
 Writes ``<out>/onnx_deployment.md`` and ``.csv``; the ONNX files go to ``<out>/models/``.
 """
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 except RowFailed as failure:
                     print(resume_message("onnx_deployment.py", failure), file=sys.stderr)
                     return 2
+                if result.get("onnx_top1_agreement") == 100.0:
+                    result.setdefault("onnx_max_flipped_margin", 0.0)   # no changed class: 0 by definition
                 rows.append({"model": arch, "recipe": precision,
                              **{column: result.get(column, math.nan) for column in COLUMNS}})
     frame = pd.DataFrame(rows).rename(columns=COLUMNS)
