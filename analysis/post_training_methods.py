@@ -10,10 +10,11 @@ exists is not run again), with a progress bar over rows.
 Data as in ``report.py``: Fashion-MNIST on its 10,000 test images, rounding learned on ``-cs 256``
 training images with 500 steps; EfficientNet-Lite on the 400 development photos, rounding learned
 on the 100 others (``--calib-holdout 100 -cs 100``) with 200 steps on lite0 (what fits the 30
-minutes issue 14 allows per learned model on this 2-core machine) and 50 on lite1 and lite2, which
-are wider, deeper and read larger images (240 / 260 pixels: 1.6 and 2.2 times lite0's work per
-step), so that their twelve learned rows fit about 80 minutes on 2 cores. Each table gives top-1,
-agreement with FP32,
+minutes issue 14 allows per learned model on this 2-core machine). Lite1 and lite2 are wider,
+deeper and read larger images (240 / 260 pixels: 1.6 and 2.2 times lite0's work per image), and
+most of a learned row's time goes to capturing every layer's (block's) inputs on all calibration
+photos; they learn on 32 of the 100 held-out photos with 50 steps, so that their twelve learned
+rows fit about 70 minutes on 2 cores. Each table gives top-1, agreement with FP32,
 the seconds spent learning the rounding and the seconds of the whole run. Writes
 ``<out>/<model>.md`` and ``<out>/post_training_methods.csv``.
 """
@@ -43,7 +44,7 @@ def learning(arch: str, quick: bool) -> list[str]:
         return ["-cs", "64", "--recon-iters", "10"]
     if arch.startswith("fmnist"):
         return ["-cs", "256", "--recon-iters", "500"]
-    return ["-cs", "100", "--recon-iters", "200" if arch == "efficientnet_lite0" else "50"]
+    return ["-cs", "100", "--recon-iters", "200"] if arch == "efficientnet_lite0" else ["-cs", "32", "--recon-iters", "50"]
 
 
 def planned_rows(arch: str, quick: bool) -> dict[str, str]:
