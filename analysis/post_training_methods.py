@@ -13,8 +13,8 @@ on the 100 others (``--calib-holdout 100 -cs 100``) with 200 steps on lite0 (wha
 minutes issue 14 allows per learned model on this 2-core machine). Lite1 and lite2 are wider,
 deeper and read larger images (240 / 260 pixels: 1.6 and 2.2 times lite0's work per image), and
 most of a learned row's time goes to capturing every layer's (block's) inputs on all calibration
-photos; they learn on 32 of the 100 held-out photos with 50 steps, so that their twelve learned
-rows fit about 70 minutes on 2 cores. Each table gives top-1, agreement with FP32,
+photos; they learn with 50 steps on 32 (lite1) and 16 (lite2) of the 100 held-out photos, so that
+their twelve learned rows fit about an hour on 2 cores. Each table gives top-1, agreement with FP32,
 the seconds spent learning the rounding and the seconds of the whole run. Writes
 ``<out>/<model>.md`` and ``<out>/post_training_methods.csv``.
 """
@@ -44,7 +44,8 @@ def learning(arch: str, quick: bool) -> list[str]:
         return ["-cs", "64", "--recon-iters", "10"]
     if arch.startswith("fmnist"):
         return ["-cs", "256", "--recon-iters", "500"]
-    return ["-cs", "100", "--recon-iters", "200"] if arch == "efficientnet_lite0" else ["-cs", "32", "--recon-iters", "50"]
+    photos = {"efficientnet_lite0": "100", "efficientnet_lite1": "32"}.get(arch, "16")
+    return ["-cs", photos, "--recon-iters", "200" if arch == "efficientnet_lite0" else "50"]
 
 
 def planned_rows(arch: str, quick: bool) -> dict[str, str]:

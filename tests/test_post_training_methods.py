@@ -42,4 +42,4 @@ def test_full_plan_has_every_method_at_both_precisions_with_learning_settings():
     assert "-cs" not in rows["W4A8, equalize"]
     assert "--recon-iters 500" in post_training_methods.planned_rows("fmnist_resnet20", quick=False)["W4A8, adaround"]
     assert post_training_methods.planned_rows("efficientnet_lite2", quick=False)["W4A4, adaround"].endswith(
-        "--adaround -cs 32 --recon-iters 50")
+        "--adaround -cs 16 --recon-iters 50")
