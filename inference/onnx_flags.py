@@ -22,8 +22,9 @@ def add_onnx_flags(parser: argparse.ArgumentParser) -> None:
                             "(needs fixed activation ranges: -sm collect / use; exported as int32 DequantizeLinear)")
     group.add_argument("--verify-onnx", action="store_true",
                        help="with --export-onnx: run the exported model in onnxruntime (CPU) on the evaluated images "
-                            "and report its top-1, its top-1 agreement with the simulator and the max / mean "
-                            "absolute logit difference")
+                            "and report its top-1, its top-1 agreement with the simulator, the max / mean "
+                            "absolute logit difference and the simulator's largest top-1 margin among the "
+                            "images whose class changed")
 
 
 def check_onnx_flags(args: argparse.Namespace, config) -> None:
