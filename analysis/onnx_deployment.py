@@ -11,8 +11,8 @@ EfficientNet-Lite0: the 100 development photos held out, 400 evaluated; the 20 f
 without them). Columns: the simulator's and the runtime's top-1, their top-1 agreement, the max /
 mean absolute logit difference, the largest simulator margin (top-1 logit minus the logit of the
 runtime's class) among the images whose class changed (0 where none changed; nan in other rows
-run before this figure existed: delete a row's JSON to run it again), and the Conv / Gemm that onnxruntime ran as
-integer kernels.
+run before this figure existed: delete a row's JSON to run it again), and the Conv / Gemm that
+onnxruntime ran as integer kernels.
 Writes ``<out>/onnx_deployment.md`` and ``.csv``; the ONNX files go to ``<out>/models/``.
 """
 from __future__ import annotations

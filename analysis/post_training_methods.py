@@ -38,14 +38,14 @@ METHODS = {"nearest rounding": "", "equalize": "--equalize", "adaround": "--adar
 QUICK_ROWS = ("W4A4, nearest rounding", "W4A4, adaround", "W4A4, reconstruct block + QDrop 0.5")
 
 
+LEARNING = {"efficientnet_lite0": (100, 200), "efficientnet_lite1": (32, 50), "efficientnet_lite2": (16, 50)}
+FMNIST_LEARNING, QUICK_LEARNING = (256, 500), (64, 10)   # (calibration images, steps)
+
+
 def learning(arch: str, quick: bool) -> list[str]:
     """Calibration images and steps of the learned rows (see the module docstring)."""
-    if quick:
-        return ["-cs", "64", "--recon-iters", "10"]
-    if arch.startswith("fmnist"):
-        return ["-cs", "256", "--recon-iters", "500"]
-    photos = {"efficientnet_lite0": "100", "efficientnet_lite1": "32"}.get(arch, "16")
-    return ["-cs", photos, "--recon-iters", "200" if arch == "efficientnet_lite0" else "50"]
+    images, steps = QUICK_LEARNING if quick else LEARNING.get(arch, FMNIST_LEARNING)
+    return ["-cs", str(images), "--recon-iters", str(steps)]
 
 
 def planned_rows(arch: str, quick: bool) -> dict[str, str]:
