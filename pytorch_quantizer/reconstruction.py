@@ -9,6 +9,11 @@ inverted-residual block, a ResNet basic block); layers outside any are blocks of
 a block the soft roundings of all its layers are learned together against the block's float
 output, with its activations quantized straight-through (dropped to float per element with
 probability ``drop``).
+
+Where a block reads exactly what the block before it returned (nothing runs in between, as in
+EfficientNet-Lite's and MobileNet's chains of blocks), its float input is the previous block's float
+target and its quantized input the previous block's output on the previous quantized input, so it
+costs one block forward instead of a model forward up to it.
 """
 from __future__ import annotations
 
@@ -75,6 +80,38 @@ def _stopping_at(module: nn.Module, store: list[torch.Tensor]):
         handle.remove()
 
 
+def chained_blocks(model: nn.Module, images: torch.Tensor, names: list[str]) -> set[str]:
+    """The blocks among ``names`` whose input, on one image, is the very tensor the block run just
+    before them returned."""
+    chained: set[str] = set()
+    last_output: list[torch.Tensor | None] = [None]
+
+    def before(name):
+        def hook(_module, args):
+            if args and last_output[0] is not None and args[0] is last_output[0]:
+                chained.add(name)
+        return hook
+
+    def after(_module, _args, output):
+        last_output[0] = output
+
+    modules = [model.get_submodule(name) for name in names]
+    handles = [module.register_forward_pre_hook(before(name)) for name, module in zip(names, modules)]
+    handles += [module.register_forward_hook(after) for module in modules]
+    try:
+        with torch.no_grad():
+            model(images[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return chained
+
+
+def _batched(function, inputs: torch.Tensor, batch: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([function(inputs[start:start + batch]) for start in range(0, len(inputs), batch)])
+
+
 def layer_inputs(model: nn.Module, name: str, images: torch.Tensor, batch: int) -> torch.Tensor:
     """What layer ``name`` reads on every image (batches of ``batch``), stopping each pass there."""
     store: list[torch.Tensor] = []
@@ -121,25 +158,40 @@ def _relative(block: str, layer: str) -> str:
     return layer[len(block) + 1:] if layer != block else ""
 
 
-def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None
-                         ) -> dict[str, adaround.RoundingResult]:
-    """BRECQ / QDrop: every block's layers' roundings learned together, blocks in execution order."""
+def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None,
+                         reuse_chained: bool = True) -> dict[str, adaround.RoundingResult]:
+    """BRECQ / QDrop: every block's layers' roundings learned together, blocks in execution order.
+    ``reuse_chained``: take a chained block's inputs from the block before it (see the module
+    docstring) instead of running the model up to it; the inputs are the same either way."""
     layers = [name for name in quantized.plans if quantized.weight_grid(name) is not None]
     blocks = model_blocks(quantized.model, layers)
     order = execution_order(quantized.model, images, list(blocks))
+    chained: set[str] = set()
+    if reuse_chained:
+        with quantized.float_model() as model:
+            chained = chained_blocks(model, images, order)
+        with quantized.measures_paused():
+            chained &= chained_blocks(quantized.model, images, order)
     results = {}
+    previous = None   # (block, its float targets, its quantized inputs) of the block just learned
     steps = bar(order) if bar is not None else order
     for block_name in steps:
         block = quantized.model.get_submodule(block_name)
         names = blocks[block_name]
-        with quantized.float_model() as model:
-            float_inputs = layer_inputs(model, block_name, images, options.batch)
-            with torch.no_grad():
-                targets = torch.cat([block(float_inputs[start:start + options.batch])
-                                     for start in range(0, len(float_inputs), options.batch)])
-        del float_inputs
-        with quantized.measures_paused():
-            inputs = layer_inputs(quantized.model, block_name, images, options.batch)
+        if previous is not None and block_name in chained:
+            previous_block, float_targets, previous_inputs = previous
+            with quantized.float_model():
+                targets = _batched(block, float_targets, options.batch)
+            del float_targets
+            with quantized.measures_paused():
+                inputs = _batched(previous_block, previous_inputs, options.batch)
+        else:
+            with quantized.float_model() as model:
+                float_inputs = layer_inputs(model, block_name, images, options.batch)
+                targets = _batched(block, float_inputs, options.batch)
+            del float_inputs
+            with quantized.measures_paused():
+                inputs = layer_inputs(quantized.model, block_name, images, options.batch)
         weights = {name: quantized.float_params[name][0] for name in names}
         grids = {name: quantized.weight_grid(name) for name in names}
 
@@ -154,6 +206,7 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
         for name, result in learned.items():
             quantized.use_weight_rounding(name, result.up)
         results.update(learned)
+        previous = (block, targets, inputs)
         errors = (next(iter(learned.values())).nearest_error, next(iter(learned.values())).learned_error)
         if hasattr(steps, "set_postfix"):
             steps.set_postfix(block=block_name, nearest=f"{errors[0]:.3g}", learned=f"{errors[1]:.3g}")

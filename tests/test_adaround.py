@@ -171,3 +171,26 @@ def test_reconstruction_refusals_exit_2_with_one_line(run_cli, argv, message):
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_chained_blocks_take_their_inputs_from_the_block_before_with_the_same_rounding():
+    from inference import models
+    from pytorch_quantizer.config import QuantConfig, TensorQuantSpec
+    from pytorch_quantizer.reconstruction import (RoundingOptions, chained_blocks, execution_order,
+                                                  learn_block_rounding, model_blocks)
+    from pytorch_quantizer.transform import QuantizedModel
+
+    images = torch.randn(24, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    config = QuantConfig(activations=TensorQuantSpec(bits=4), weights=TensorQuantSpec(bits=4, per_channel=True))
+    learned = []
+    for reuse_chained in (False, True):
+        with QuantizedModel(models.create_model("fmnist_mobilenet").eval(), config, images[:2]) as quantized:
+            layers = [name for name in quantized.plans if quantized.weight_grid(name) is not None]
+            order = execution_order(quantized.model, images, list(model_blocks(quantized.model, layers)))
+            chained = chained_blocks(quantized.model, images, order)
+            results = learn_block_rounding(quantized, images, RoundingOptions(3, 8, 0, 0.5), reuse_chained=reuse_chained)
+            learned.append({name: result.up for name, result in results.items()})
+    # the stem runs first and the classifier reads the pooled features, not a block's output
+    assert chained == {f"features.{index}" for index in range(1, 10)}
+    assert learned[0].keys() == learned[1].keys() and len(learned[0]) == 26
+    assert all(torch.equal(learned[0][name], learned[1][name]) for name in learned[0])
