@@ -54,15 +54,19 @@ def model_blocks(model: nn.Module, layers: list[str]) -> dict[str, list[str]]:
 def execution_order(model: nn.Module, images: torch.Tensor, names: list[str]) -> list[str]:
     """``names`` in the order their modules run on ``images``."""
     order: list[str] = []
-    handles = [model.get_submodule(name).register_forward_pre_hook(
-        lambda module, args, name=name: order.append(name) if name not in order else None) for name in names]
+    _run_one_image(model, images, [model.get_submodule(name).register_forward_pre_hook(
+        lambda module, args, name=name: order.append(name) if name not in order else None) for name in names])
+    return order
+
+
+def _run_one_image(model: nn.Module, images: torch.Tensor, handles: list) -> None:
+    """A forward of the first image with ``handles``' hooks in place, removed afterwards."""
     try:
         with torch.no_grad():
             model(images[:1])
     finally:
         for handle in handles:
             handle.remove()
-    return order
 
 
 @contextmanager
@@ -98,12 +102,7 @@ def chained_blocks(model: nn.Module, images: torch.Tensor, names: list[str]) -> 
     modules = [model.get_submodule(name) for name in names]
     handles = [module.register_forward_pre_hook(before(name)) for name, module in zip(names, modules)]
     handles += [module.register_forward_hook(after) for module in modules]
-    try:
-        with torch.no_grad():
-            model(images[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_one_image(model, images, handles)
     return chained
 
 
