@@ -10,10 +10,11 @@ a block the soft roundings of all its layers are learned together against the bl
 output, with its activations quantized straight-through (dropped to float per element with
 probability ``drop``).
 
-Where a block reads exactly what the block before it returned (nothing runs in between, as in
-EfficientNet-Lite's and MobileNet's chains of blocks), its float input is the previous block's float
-target and its quantized input the previous block's output on the previous quantized input, so it
-costs one block forward instead of a model forward up to it.
+Both learners take inputs block by block (``BlockInputs``), AdaRound a layer's by running its block
+on the block's inputs. Where a block reads exactly what the block before it returned (nothing runs
+in between, as in EfficientNet-Lite's and MobileNet's chains of blocks), its float input is the
+previous block's float output and its quantized input the previous block run on its own quantized
+input, so it costs one block forward instead of a model forward up to it.
 """
 from __future__ import annotations
 
@@ -123,26 +124,84 @@ def layer_inputs(model: nn.Module, name: str, images: torch.Tensor, batch: int) 
     return torch.cat(store)
 
 
-def learn_model_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None
-                         ) -> dict[str, adaround.RoundingResult]:
+class BlockInputs:
+    """The float and quantized inputs of each block on every image, asked for in execution order.
+
+    A block in ``chained`` takes them from the block asked for just before it: its float input is
+    that block's float output and its quantized input that block run (with whatever rounding is now
+    in place) on its own quantized input. Any other block runs the model up to it, twice. A bare
+    layer that quantizes its own input (``act_quant_point=input``) passes nothing on, since its
+    captured input is already quantized and running it again would quantize that twice.
+    """
+
+    def __init__(self, quantized, images: torch.Tensor, order: list[str], batch: int, reuse_chained: bool):
+        self.quantized, self.images, self.batch = quantized, images, batch
+        self.chained: set[str] = set()
+        if reuse_chained:
+            with quantized.float_model() as model:
+                self.chained = chained_blocks(model, images, order)
+            with quantized.measures_paused():
+                self.chained &= chained_blocks(quantized.model, images, order)
+        self._previous: tuple[nn.Module, torch.Tensor, torch.Tensor] | None = None
+        self._previous_float_output: torch.Tensor | None = None
+
+    def of(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        quantized = self.quantized
+        if self._previous is not None and name in self.chained:
+            block, float_inputs, quantized_inputs = self._previous
+            float_output = self._previous_float_output
+            if float_output is None:
+                with quantized.float_model():
+                    float_output = _batched(block, float_inputs, self.batch)
+            with quantized.measures_paused():
+                inputs = (float_output, _batched(block, quantized_inputs, self.batch))
+        else:
+            with quantized.float_model() as model:
+                float_inputs = layer_inputs(model, name, self.images, self.batch)
+            with quantized.measures_paused():
+                inputs = (float_inputs, layer_inputs(quantized.model, name, self.images, self.batch))
+        passes_on = quantized.at_output or name not in quantized.plans
+        self._previous = (quantized.model.get_submodule(name), *inputs) if passes_on else None
+        self._previous_float_output = None
+        return inputs
+
+    def float_output_is(self, output: torch.Tensor) -> None:
+        """The float output of the block just asked for, when the caller has it (saves a pass)."""
+        self._previous_float_output = output
+
+
+def learn_model_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None,
+                         reuse_chained: bool = True) -> dict[str, adaround.RoundingResult]:
     """AdaRound every layer with integer-grid weights, in execution order; each learned rounding is
     put in place (``quantized.use_weight_rounding``) before the next layer's inputs are taken.
-    ``bar(layer_names)`` wraps the layer loop (a progress bar) and may take ``set_postfix``."""
+    ``bar(layer_names)`` wraps the layer loop (a progress bar) and may take ``set_postfix``.
+
+    A layer's inputs are taken by running its block (``model_blocks``) on the block's inputs
+    (``BlockInputs``), which ``reuse_chained`` takes from the block before where it can; the inputs
+    are the same either way."""
     names = [name for name in quantized.plans if quantized.weight_grid(name) is not None]
     names = execution_order(quantized.model, images, names)
+    block_of = {layer: block for block, layers in model_blocks(quantized.model, names).items() for layer in layers}
+    block_order = list(dict.fromkeys(block_of[name] for name in names))
+    block_inputs = BlockInputs(quantized, images, block_order, options.batch, reuse_chained)
+    current_block, float_block_inputs, quantized_block_inputs = None, None, None
     results = {}
     layers = bar(names) if bar is not None else names
     for name in layers:
         module = quantized.model.get_submodule(name)
-        with quantized.float_model() as model:
-            float_inputs = layer_inputs(model, name, images, options.batch)
-            float_weight = quantized.float_params[name][0]
-            with torch.no_grad():
-                targets = torch.cat([adaround.layer_output(module, float_weight, float_inputs[start:start + options.batch])
-                                     for start in range(0, len(float_inputs), options.batch)])
+        block_name = block_of[name]
+        if block_name != current_block:
+            current_block = block_name
+            float_block_inputs, quantized_block_inputs = block_inputs.of(block_name)
+        block, relative = quantized.model.get_submodule(block_name), _relative(block_name, name)
+        float_weight = quantized.float_params[name][0]
+        with quantized.float_model():
+            float_inputs = layer_inputs(block, relative, float_block_inputs, options.batch) if relative else float_block_inputs
+            targets = _batched(lambda batch: adaround.layer_output(module, float_weight, batch), float_inputs, options.batch)
         del float_inputs
         with quantized.measures_paused():
-            inputs = layer_inputs(quantized.model, name, images, options.batch)
+            inputs = (layer_inputs(block, relative, quantized_block_inputs, options.batch) if relative
+                      else quantized_block_inputs)
         with quantized.bypassed():  # the layer's own hooks stay out of the learning passes
             result = adaround.learn_rounding(module, float_weight, quantized.weight_grid(name), inputs, targets,
                                              options.iterations, options.batch, options.seed)
@@ -165,32 +224,17 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
     layers = [name for name in quantized.plans if quantized.weight_grid(name) is not None]
     blocks = model_blocks(quantized.model, layers)
     order = execution_order(quantized.model, images, list(blocks))
-    chained: set[str] = set()
-    if reuse_chained:
-        with quantized.float_model() as model:
-            chained = chained_blocks(model, images, order)
-        with quantized.measures_paused():
-            chained &= chained_blocks(quantized.model, images, order)
+    block_inputs = BlockInputs(quantized, images, order, options.batch, reuse_chained)
     results = {}
-    previous = None   # (block, its float targets, its quantized inputs) of the block just learned
     steps = bar(order) if bar is not None else order
     for block_name in steps:
         block = quantized.model.get_submodule(block_name)
         names = blocks[block_name]
-        if previous is not None and block_name in chained:
-            previous_block, float_targets, previous_inputs = previous
-            with quantized.float_model():
-                targets = _batched(block, float_targets, options.batch)
-            del float_targets
-            with quantized.measures_paused():
-                inputs = _batched(previous_block, previous_inputs, options.batch)
-        else:
-            with quantized.float_model() as model:
-                float_inputs = layer_inputs(model, block_name, images, options.batch)
-                targets = _batched(block, float_inputs, options.batch)
-            del float_inputs
-            with quantized.measures_paused():
-                inputs = layer_inputs(quantized.model, block_name, images, options.batch)
+        float_inputs, inputs = block_inputs.of(block_name)
+        with quantized.float_model():
+            targets = _batched(block, float_inputs, options.batch)
+        block_inputs.float_output_is(targets)
+        del float_inputs
         weights = {name: quantized.float_params[name][0] for name in names}
         grids = {name: quantized.weight_grid(name) for name in names}
 
@@ -205,7 +249,6 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
         for name, result in learned.items():
             quantized.use_weight_rounding(name, result.up)
         results.update(learned)
-        previous = (block, targets, inputs)
         errors = (next(iter(learned.values())).nearest_error, next(iter(learned.values())).learned_error)
         if hasattr(steps, "set_postfix"):
             steps.set_postfix(block=block_name, nearest=f"{errors[0]:.3g}", learned=f"{errors[1]:.3g}")

@@ -173,24 +173,68 @@ def test_reconstruction_refusals_exit_2_with_one_line(run_cli, argv, message):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_chained_blocks_take_their_inputs_from_the_block_before_with_the_same_rounding():
+def a4w4_mobilenet(point: str, images: torch.Tensor):
+    """fmnist_mobilenet with 4-bit per-tensor activations at ``point`` and 4-bit per-channel weights."""
     from inference import models
-    from pytorch_quantizer.config import QuantConfig, TensorQuantSpec
-    from pytorch_quantizer.reconstruction import (RoundingOptions, chained_blocks, execution_order,
-                                                  learn_block_rounding, model_blocks)
+    from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec
     from pytorch_quantizer.transform import QuantizedModel
 
+    config = QuantConfig(activations=TensorQuantSpec(bits=4), weights=TensorQuantSpec(bits=4, per_channel=True),
+                         act_quant_point=ActQuantPoint(point))
+    return QuantizedModel(models.create_model("fmnist_mobilenet").eval(), config, images[:2])
+
+
+def assert_same_rounding_with_and_without_chaining(learner, point: str, options) -> None:
     images = torch.randn(24, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    config = QuantConfig(activations=TensorQuantSpec(bits=4), weights=TensorQuantSpec(bits=4, per_channel=True))
     learned = []
     for reuse_chained in (False, True):
-        with QuantizedModel(models.create_model("fmnist_mobilenet").eval(), config, images[:2]) as quantized:
-            layers = [name for name in quantized.plans if quantized.weight_grid(name) is not None]
-            order = execution_order(quantized.model, images, list(model_blocks(quantized.model, layers)))
-            chained = chained_blocks(quantized.model, images, order)
-            results = learn_block_rounding(quantized, images, RoundingOptions(3, 8, 0, 0.5), reuse_chained=reuse_chained)
+        with a4w4_mobilenet(point, images) as quantized:
+            results = learner(quantized, images, options, reuse_chained=reuse_chained)
             learned.append({name: result.up for name, result in results.items()})
-    # the stem runs first and the classifier reads the pooled features, not a block's output
-    assert chained == {f"features.{index}" for index in range(1, 10)}
     assert learned[0].keys() == learned[1].keys() and len(learned[0]) == 26
     assert all(torch.equal(learned[0][name], learned[1][name]) for name in learned[0])
+
+
+@pytest.mark.parametrize("point", ["output", "input"])
+def test_chained_blocks_take_their_inputs_from_the_block_before_with_the_same_rounding(point):
+    from pytorch_quantizer.reconstruction import (RoundingOptions, chained_blocks, execution_order,
+                                                  learn_block_rounding, model_blocks)
+
+    images = torch.randn(4, 1, 28, 28)
+    with a4w4_mobilenet(point, images) as quantized:
+        layers = [name for name in quantized.plans if quantized.weight_grid(name) is not None]
+        order = execution_order(quantized.model, images, list(model_blocks(quantized.model, layers)))
+        # the stem runs first and the classifier reads the pooled features, not a block's output
+        assert chained_blocks(quantized.model, images, order) == {f"features.{index}" for index in range(1, 10)}
+    assert_same_rounding_with_and_without_chaining(learn_block_rounding, point, RoundingOptions(3, 8, 0, 0.5))
+
+
+@pytest.mark.parametrize("point", ["output", "input"])
+def test_adaround_takes_a_layers_inputs_from_its_block_with_the_same_rounding(point):
+    from pytorch_quantizer.reconstruction import RoundingOptions, learn_model_rounding
+
+    assert_same_rounding_with_and_without_chaining(learn_model_rounding, point, RoundingOptions(3, 8, 0))
+
+
+@pytest.mark.parametrize("point", ["output", "input"])
+def test_a_layers_input_taken_through_its_block_is_the_one_the_whole_model_gives(point):
+    from pytorch_quantizer.reconstruction import BlockInputs, execution_order, layer_inputs, model_blocks
+
+    images = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with a4w4_mobilenet(point, images) as quantized:
+        layers = execution_order(quantized.model, images, [name for name in quantized.plans
+                                                           if quantized.weight_grid(name) is not None])
+        blocks = model_blocks(quantized.model, layers)
+        order = execution_order(quantized.model, images, list(blocks))
+        block_inputs = BlockInputs(quantized, images, order, 8, reuse_chained=True)
+        for block_name in order:
+            float_inputs, quantized_inputs = block_inputs.of(block_name)
+            block = quantized.model.get_submodule(block_name)
+            for name in blocks[block_name]:
+                relative = name[len(block_name) + 1:]
+                with quantized.float_model() as model:
+                    assert torch.equal(layer_inputs(block, relative, float_inputs, 8) if relative else float_inputs,
+                                       layer_inputs(model, name, images, 8))
+                with quantized.measures_paused():
+                    assert torch.equal(layer_inputs(block, relative, quantized_inputs, 8) if relative else quantized_inputs,
+                                       layer_inputs(quantized.model, name, images, 8))
