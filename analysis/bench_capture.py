@@ -23,12 +23,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Block reconstruction with and without reusing chained inputs.")
+    parser = argparse.ArgumentParser(description="Learned rounding with and without reusing chained blocks' inputs.")
     parser.add_argument("-a", "--arch", default="efficientnet_lite0")
     parser.add_argument("--method", choices=("block", "adaround"), default="block",
                         help="learn_block_rounding (--reconstruct block) or learn_model_rounding (--adaround)")
     parser.add_argument("--images", type=int, default=32, help="calibration images (default 32)")
-    parser.add_argument("--iters", type=int, default=5, help="learning steps per block (default 5)")
+    parser.add_argument("--iters", type=int, default=5, help="learning steps per layer / block (default 5)")
     parser.add_argument("--batch", type=int, default=32, help="images per capture and learning batch (default 32)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     return parser.parse_args(argv)

@@ -170,6 +170,20 @@ class BlockInputs:
         self._previous_float_output = output
 
 
+def inputs_within_block(block: nn.Module, layer: str, block_inputs: torch.Tensor, batch: int) -> torch.Tensor:
+    """What ``layer`` (a name relative to ``block``; "" for a block that is a bare layer) reads when
+    ``block`` runs on ``block_inputs``. A bare layer's block inputs are its inputs already: running it
+    again would apply its input hooks twice."""
+    return layer_inputs(block, layer, block_inputs, batch) if layer else block_inputs
+
+
+def blocks_in_order(quantized, images: torch.Tensor) -> tuple[dict[str, list[str]], list[str]]:
+    """The blocks of the integer-grid layers (``model_blocks``) and their execution order."""
+    layers = [name for name in quantized.plans if quantized.weight_grid(name) is not None]
+    blocks = model_blocks(quantized.model, layers)
+    return blocks, execution_order(quantized.model, images, list(blocks))
+
+
 def learn_model_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None,
                          reuse_chained: bool = True) -> dict[str, adaround.RoundingResult]:
     """AdaRound every layer with integer-grid weights, in execution order; each learned rounding is
@@ -196,12 +210,11 @@ def learn_model_rounding(quantized, images: torch.Tensor, options: RoundingOptio
         block, relative = quantized.model.get_submodule(block_name), _relative(block_name, name)
         float_weight = quantized.float_params[name][0]
         with quantized.float_model():
-            float_inputs = layer_inputs(block, relative, float_block_inputs, options.batch) if relative else float_block_inputs
+            float_inputs = inputs_within_block(block, relative, float_block_inputs, options.batch)
             targets = _batched(lambda batch: adaround.layer_output(module, float_weight, batch), float_inputs, options.batch)
         del float_inputs
         with quantized.measures_paused():
-            inputs = (layer_inputs(block, relative, quantized_block_inputs, options.batch) if relative
-                      else quantized_block_inputs)
+            inputs = inputs_within_block(block, relative, quantized_block_inputs, options.batch)
         with quantized.bypassed():  # the layer's own hooks stay out of the learning passes
             result = adaround.learn_rounding(module, float_weight, quantized.weight_grid(name), inputs, targets,
                                              options.iterations, options.batch, options.seed)
@@ -221,9 +234,7 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
     """BRECQ / QDrop: every block's layers' roundings learned together, blocks in execution order.
     ``reuse_chained``: take a chained block's inputs from the block before it (see the module
     docstring) instead of running the model up to it; the inputs are the same either way."""
-    layers = [name for name in quantized.plans if quantized.weight_grid(name) is not None]
-    blocks = model_blocks(quantized.model, layers)
-    order = execution_order(quantized.model, images, list(blocks))
+    blocks, order = blocks_in_order(quantized, images)
     block_inputs = BlockInputs(quantized, images, order, options.batch, reuse_chained)
     results = {}
     steps = bar(order) if bar is not None else order

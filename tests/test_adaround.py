@@ -197,13 +197,11 @@ def assert_same_rounding_with_and_without_chaining(learner, point: str, options)
 
 @pytest.mark.parametrize("point", ["output", "input"])
 def test_chained_blocks_take_their_inputs_from_the_block_before_with_the_same_rounding(point):
-    from pytorch_quantizer.reconstruction import (RoundingOptions, chained_blocks, execution_order,
-                                                  learn_block_rounding, model_blocks)
+    from pytorch_quantizer.reconstruction import RoundingOptions, blocks_in_order, chained_blocks, learn_block_rounding
 
     images = torch.randn(4, 1, 28, 28)
     with a4w4_mobilenet(point, images) as quantized:
-        layers = [name for name in quantized.plans if quantized.weight_grid(name) is not None]
-        order = execution_order(quantized.model, images, list(model_blocks(quantized.model, layers)))
+        _, order = blocks_in_order(quantized, images)
         # the stem runs first and the classifier reads the pooled features, not a block's output
         assert chained_blocks(quantized.model, images, order) == {f"features.{index}" for index in range(1, 10)}
     assert_same_rounding_with_and_without_chaining(learn_block_rounding, point, RoundingOptions(3, 8, 0, 0.5))
@@ -218,14 +216,11 @@ def test_adaround_takes_a_layers_inputs_from_its_block_with_the_same_rounding(po
 
 @pytest.mark.parametrize("point", ["output", "input"])
 def test_a_layers_input_taken_through_its_block_is_the_one_the_whole_model_gives(point):
-    from pytorch_quantizer.reconstruction import BlockInputs, execution_order, layer_inputs, model_blocks
+    from pytorch_quantizer.reconstruction import BlockInputs, blocks_in_order, inputs_within_block, layer_inputs
 
     images = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with a4w4_mobilenet(point, images) as quantized:
-        layers = execution_order(quantized.model, images, [name for name in quantized.plans
-                                                           if quantized.weight_grid(name) is not None])
-        blocks = model_blocks(quantized.model, layers)
-        order = execution_order(quantized.model, images, list(blocks))
+        blocks, order = blocks_in_order(quantized, images)
         block_inputs = BlockInputs(quantized, images, order, 8, reuse_chained=True)
         for block_name in order:
             float_inputs, quantized_inputs = block_inputs.of(block_name)
@@ -233,8 +228,8 @@ def test_a_layers_input_taken_through_its_block_is_the_one_the_whole_model_gives
             for name in blocks[block_name]:
                 relative = name[len(block_name) + 1:]
                 with quantized.float_model() as model:
-                    assert torch.equal(layer_inputs(block, relative, float_inputs, 8) if relative else float_inputs,
+                    assert torch.equal(inputs_within_block(block, relative, float_inputs, 8),
                                        layer_inputs(model, name, images, 8))
                 with quantized.measures_paused():
-                    assert torch.equal(layer_inputs(block, relative, quantized_inputs, 8) if relative else quantized_inputs,
+                    assert torch.equal(inputs_within_block(block, relative, quantized_inputs, 8),
                                        layer_inputs(quantized.model, name, images, 8))
