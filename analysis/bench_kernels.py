@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 SHAPES = {"activation": ((64, 256, 56, 56), 1), "weight": ((512, 512, 3, 3), 0)}
 E2E_COMMON = "-a fmnist_resnet20 -b 500 -ss 2000"
@@ -51,7 +50,8 @@ def make_cases(x, axis: int):
     import torch
 
     from kernels import build
-    from pytorch_quantizer import backend, primitives
+    from pytorch_quantizer.quantizers import backend
+    from pytorch_quantizer.maths import primitives
 
     if x.is_cuda:
         build.build_cuda()
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     if args.e2e:
         try:
             report.update(end_to_end_ratio())
-        except (SystemExit, OSError, RuntimeError, ValueError) as error:  # argparse exits; InputError is a ValueError
+        except (SystemExit, OSError, RuntimeError, ValueError) as error:  # argparse exits; QuantizationError is a ValueError
             report["e2e_error"] = f"{type(error).__name__}: {error}"
             print(f"bench_kernels: end-to-end run failed: {report['e2e_error']}", file=sys.stderr)
     summary = {key: value for key, value in report.items() if key.startswith(("per_channel", "e2e"))}

@@ -5,7 +5,7 @@
 For one model, batch size and image count it measures, in one process each:
 - ``loader``: images/s of the data loader alone (decode, resize, crop, normalise in -j threads);
 - ``model``: images/s of the model alone on random batches of the same shape;
-- ``e2e``: images/s of ``inference.evaluate`` over the loader (what the CLI does for FP32);
+- ``e2e``: images/s of ``pytorch_quantizer.api.evaluation.evaluate`` over the loader (what the CLI does for FP32);
 and ``e2e / model`` (1.0: the loader costs nothing). Each measurement runs twice in fresh processes:
 with glibc malloc as it comes and with the CLI's tuned thresholds (``inference/allocator.py``), so
 the table also shows what that setting is worth on this machine.
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,7 +47,7 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from inference.data import CalibrationChoice, LoaderOptions, make_loader, prepare_data
-    from inference.evaluate import evaluate
+    from pytorch_quantizer.api.evaluation import evaluate
     from inference.models import create_model, get_model_spec
 
     spec = get_model_spec(args.arch)

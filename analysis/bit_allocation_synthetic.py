@@ -53,7 +53,6 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 PRIORS = ("laplace", "gaus")
 CLIPPINGS = ("fixed", "own-bits")
@@ -94,7 +93,7 @@ def predicted_fraction(scales: np.ndarray) -> float:
     """f* = s_i^{2/3} / (s_i^{2/3} + s_j^{2/3}) from the library's ``bin_shares``."""
     import torch
 
-    from pytorch_quantizer.allocation import bin_shares
+    from pytorch_quantizer.maths.allocation import bin_shares
 
     return float(bin_shares(torch.as_tensor(scales))[0])
 
@@ -103,7 +102,7 @@ def predicted_bits(scales: np.ndarray, bits: float) -> np.ndarray:
     """M_c = log2(2 * 2^M * share_c) (the library's ``ideal_bits``, eq. 11 before rounding)."""
     import torch
 
-    from pytorch_quantizer.allocation import ideal_bits
+    from pytorch_quantizer.maths.allocation import ideal_bits
 
     return ideal_bits(torch.as_tensor(scales), bits).numpy()
 
@@ -111,7 +110,7 @@ def predicted_bits(scales: np.ndarray, bits: float) -> np.ndarray:
 def clipping_values(prior: str, scales: np.ndarray, channel_bits: np.ndarray, mean_bits: float,
                     clip: str) -> np.ndarray:
     """alpha_c = r(M) * s_c (``fixed``) or r(M_c) * s_c (``own-bits``), r = ACIQ's optimal ratio."""
-    from pytorch_quantizer.aciq import optimal_ratio
+    from pytorch_quantizer.maths.aciq import optimal_ratio
 
     if clip == "fixed":
         return optimal_ratio(prior, float(mean_bits)) * scales
@@ -135,7 +134,7 @@ def simulated_mse(x: np.ndarray, alpha: float, bins: float) -> float:
 def analytical_mse(prior: str, alpha: np.ndarray, scales: np.ndarray, channel_bits: np.ndarray) -> float:
     """sum_c of the ACIQ formula: Laplace 2 b^2 exp(-alpha/b) + alpha^2 / (3 * 4^M), or the
     Gaussian one (``aciq.mse_formula``)."""
-    from pytorch_quantizer.aciq import mse_formula
+    from pytorch_quantizer.maths.aciq import mse_formula
 
     return float(sum(mse_formula(prior, float(a), float(s), float(m))
                      for a, s, m in zip(alpha, scales, channel_bits)))

@@ -14,7 +14,7 @@ averages.
 
 Measured bit rate (``-me``): per layer the Shannon entropy and the Huffman code length of the
 histogram of its integer codes (all channels of the layer pooled), averaged over layers weighted by
-element count (``avg.entropy.*`` / ``avg.huffman.*`` of ``inference_sim.run``). Per layer
+element count (``avg.entropy.*`` / ``avg.huffman.*`` of ``inference.run.run``). Per layer
 H <= L < H + 1, hence also for the averages. The allocated mean bits log2(B_i) bound the entropy of
 each channel's codes, not the pooled, averaged figure, and the 8-bit layers count too: a target
 above the measured entropy is what these runs show, not a theorem (the script prints any row where
@@ -35,11 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ANALYSIS = Path(__file__).resolve().parent
-sys.path.insert(0, str(ANALYSIS))
+from analysis.runs import DEVELOPMENT_PHOTOS, figures, model_data_flags
+from analysis.seed_experiments import EXPERIMENTS
 
-from runs import DEVELOPMENT_PHOTOS, figures, model_data_flags
-from seed_experiments import EXPERIMENTS
+ANALYSIS = Path(__file__).resolve().parent
 
 SEED_ROW = "bin allocation 5.3 bits, entropy"
 MODELS = ("fmnist_resnet20", "efficientnet_lite0")
@@ -48,7 +47,7 @@ DEFAULT_UNIFORM = (4, 5, 6, 8)
 QUICK_TARGETS = (3.0, 5.3)
 QUICK_UNIFORM = (4,)
 QUICK_IMAGES = {"fmnist_resnet20": 200, "efficientnet_lite0": 8}
-MAX_TARGET = 8.0  # pytorch_quantizer.config.MAX_ALLOCATION_TARGET (not imported: no torch at flag parsing)
+MAX_TARGET = 8.0  # pytorch_quantizer.quantizers.config.MAX_ALLOCATION_TARGET (not imported: no torch at flag parsing)
 BIN_ALLOCATION, UNIFORM = "bin allocation", "uniform bits"
 COLUMNS = ["model", "kind", "recipe", "target_bits", "top1", "top5", "images", "entropy_act", "huffman_act",
            "entropy_weight", "huffman_weight", "seconds", "flags"]

@@ -1,4 +1,4 @@
-"""The effect of each departure from the seed's arithmetic (for the README's table).
+"""The effect of each departure from the seed's arithmetic (for the table in docs/seed-arithmetic.md).
 
     python analysis/departures.py --csv results/departures.csv
 
@@ -12,9 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runs import model_data_flags, run_commands  # noqa: E402
+from analysis.runs import model_data_flags, run_commands
 
 W4A4_FULL = "-pcq_w -pcq_a --qtype int4 -qw int4 -c laplace -baa -baw -bcw"
 BASES = {

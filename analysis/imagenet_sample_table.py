@@ -1,5 +1,5 @@
 """EfficientNet-Lite0 on the ImageNet development photos: FP32 and the quantized recipes, with top-1
-agreement and KL divergence against FP32 (for the README).
+agreement and KL divergence against FP32 (for docs/results.md).
 
     python analysis/imagenet_sample_table.py --csv results/imagenet_sample_lite0.csv
 
@@ -13,9 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runs import DEVELOPMENT_PHOTOS, run_commands  # noqa: E402
+from analysis.runs import DEVELOPMENT_PHOTOS, run_commands
 
 W8A8 = "-pcq_w --qtype int8 -qw int8"
 W4A8 = "-pcq_w --qtype int8 -qw int4"

@@ -3,7 +3,7 @@ seed's, and the analytical MSE of clip + uniform quantization against a Monte-Ca
 
     python analysis/mse_analysis.py --prior both --bits 2 3 4 --out results/mse_analysis
 
-The analytical MSE of M-bit quantization of a tensor clipped to [-alpha, alpha] (``pytorch_quantizer.aciq``):
+The analytical MSE of M-bit quantization of a tensor clipped to [-alpha, alpha] (``pytorch_quantizer.maths.aciq``):
 
     Laplace(0, b):      2 b^2 exp(-alpha / b)                                  + alpha^2 / (3 * 4^M)
     Gaussian(0, sigma): (alpha^2 + sigma^2) (1 - erf(alpha / (sqrt(2) sigma)))
@@ -34,11 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from pytorch_quantizer.maths.aciq import PRIORS, SEED_RATIOS, mse_formula, optimal_ratio
 
-from pytorch_quantizer.aciq import PRIORS, SEED_RATIOS, mse_formula, optimal_ratio
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TABLE_BITS = tuple(range(1, 9))
 GRIDS = ("midtread", "midrise", "gemmlowp")

@@ -22,11 +22,10 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import (RowFailed, data_flags, finished_or_run, plan_models, result_path,  # noqa: E402
+from analysis.report import (RowFailed, data_flags, finished_or_run, plan_models, result_path,
                     resume_message, row_argv)
-from runs import DEVELOPMENT_PHOTOS, REPO_ROOT  # noqa: E402
+from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT
 
 MODELS = ("fmnist_resnet20", "fmnist_mobilenet", "efficientnet_lite0")
 PRECISIONS = {"W8A8": "--qtype int8 -qw int8", "W8A8 --int32-bias": "--qtype int8 -qw int8 --int32-bias",

@@ -25,11 +25,10 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import (EMPTY_RESULT, FMNIST_MODELS, IMAGENET_MODELS, RowFailed, data_flags, figures,  # noqa: E402
+from analysis.report import (EMPTY_RESULT, FMNIST_MODELS, IMAGENET_MODELS, RowFailed, data_flags, figures,
                     finished_or_run, plan_models, result_path, resume_message, row_argv)
-from runs import DEVELOPMENT_PHOTOS, REPO_ROOT  # noqa: E402
+from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT
 
 PRECISIONS = {"W4A8": "--qtype int8 -qw int4 -pcq_w -bcw",
               "W4A4": "--qtype int4 -c laplace -qw int4 -pcq_w -bcw"}
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from report import evaluated_source
+    from analysis.report import evaluated_source
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=(*FMNIST_MODELS, *IMAGENET_MODELS), default=None,

@@ -18,11 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import (EMPTY_RESULT, FMNIST_MODELS, RowFailed, figures, finished_or_run, result_path,  # noqa: E402
+from analysis.report import (EMPTY_RESULT, FMNIST_MODELS, RowFailed, figures, finished_or_run, result_path,
                     resume_message, row_argv)
-from runs import REPO_ROOT  # noqa: E402
+from analysis.runs import REPO_ROOT
 
 LEVEL_KINDS = ("uniform", "pot", "apot", "dorefa", "n2uq")
 ACIQ_INT4 = "-pcq_w -pcq_a --qtype int4 -qw int4 -c laplace"

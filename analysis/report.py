@@ -1,7 +1,7 @@
 """One report of every recipe on real data: each row is one mlflow run (experiment ``report``),
 resumable (a row whose results file exists is not run again), with a progress bar over rows.
 
-    python analysis/report.py                 # all models, all rows, the README's tables
+    python analysis/report.py                 # all models, all rows, the tables of docs/results.md
     python analysis/report.py --quick         # a few rows and images (the tests, CI)
 
 Models and data (calibration never on the evaluated images):
@@ -33,10 +33,9 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runs import DEVELOPMENT_PHOTOS, REPO_ROOT  # noqa: E402
-from seed_experiments import COLLECT, EXPERIMENTS  # noqa: E402
+from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT
+from analysis.seed_experiments import COLLECT, EXPERIMENTS
 
 W4A4 = "-pcq_w -pcq_a -sh --qtype int4 -qw int4"
 PRECISIONS = {
@@ -231,20 +230,21 @@ def check_skip_patterns(patterns: list[str]) -> str | None:
     return None
 
 
-README_BEGIN, README_END = "<!-- report tables: begin -->", "<!-- report tables: end -->"
+REPORT_BEGIN, REPORT_END = "<!-- report tables: begin -->", "<!-- report tables: end -->"
 
 
-def update_readme(readme: Path, tables: list[str]) -> None:
-    """Replace what lies between the README's report markers with ``tables`` (written atomically)."""
-    from pytorch_quantizer.safe_io import write_atomically
+def update_docs(page: Path, tables: list[str]) -> None:
+    """Replace what lies between the report markers of ``page`` (any file holding them once, e.g.
+    docs/results.md) with ``tables`` (written atomically)."""
+    from pytorch_quantizer.formats.safe_io import write_atomically
 
-    text = readme.read_text()
-    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.index(README_BEGIN) > text.index(README_END):
-        raise ValueError(f"{readme} needs one {README_BEGIN} line before one {README_END} line")
-    head, rest = text.split(README_BEGIN)
-    tail = rest.split(README_END)[1]
+    text = page.read_text()
+    if text.count(REPORT_BEGIN) != 1 or text.count(REPORT_END) != 1 or text.index(REPORT_BEGIN) > text.index(REPORT_END):
+        raise ValueError(f"{page} needs one {REPORT_BEGIN} line before one {REPORT_END} line")
+    head, rest = text.split(REPORT_BEGIN)
+    tail = rest.split(REPORT_END)[1]
     body = "\n".join(table.replace("### ", "#### ", 1) for table in tables)
-    write_atomically(readme, lambda temporary: Path(temporary).write_text(f"{head}{README_BEGIN}\n\n{body}\n{README_END}{tail}"))
+    write_atomically(page, lambda temporary: Path(temporary).write_text(f"{head}{REPORT_BEGIN}\n\n{body}\n{REPORT_END}{tail}"))
 
 
 def figure_scripts(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -272,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="tables of the rows already run only (nothing runs; the tables say which rows are missing)")
     parser.add_argument("--no-figures", dest="figures", action="store_false",
                         help="only the recipe tables, not the three figure scripts")
-    parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
-                        help="also put the tables between the README's report markers (e.g. README.md)")
+    parser.add_argument("--update-docs", type=Path, default=None, metavar="PAGE",
+                        help="also put the tables between the report markers of the docs page holding them "
+                             "(e.g. docs/results.md)")
     parser.add_argument("--skip-rows", nargs="+", default=[], metavar="PATTERN",
                         help="leave out the rows whose label matches a shell-style pattern (e.g. '*mse*' '*kld*': "
                              "the slow on-the-fly clippings); the tables list them as not run")
@@ -303,11 +304,11 @@ def main(argv: list[str] | None = None) -> int:
             texts.append(text)
             print(text)
     pd.concat(tables).to_csv(args.out / "report.csv", index=False)
-    if args.update_readme is not None:
+    if args.update_docs is not None:
         try:
-            update_readme(args.update_readme, texts)
+            update_docs(args.update_docs, texts)
         except (OSError, ValueError) as error:
-            print(f"report.py: error: --update-readme: {error}", file=sys.stderr)
+            print(f"report.py: error: --update-docs: {error}", file=sys.stderr)
             return 2
     if args.figures:
         for script, script_argv in figure_scripts(args).items():

@@ -3,18 +3,15 @@ per run (top-1 / top-5, agreement and KL against FP32 when --compare-fp32 is amo
 average entropy with -me)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 DEVELOPMENT_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
 
 
 def figures(result: dict) -> dict:
-    """The figures of one ``inference_sim.run`` result that the tables report."""
+    """The figures of one ``inference.run.run`` result that the tables report."""
     row = {"top1": result["top1"], "top5": result["top5"], "images": result["images"],
            "agreement": result.get("top1_agreement", float("nan")), "kl": result.get("mean_kl", float("nan"))}
     if "avg.entropy.act" in result:

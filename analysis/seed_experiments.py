@@ -1,5 +1,5 @@
 """The seed README's experiments on EfficientNet-Lite0 and the development photos, with the seed's
-arithmetic and with every departure of this project (--improved), side by side (for the README).
+arithmetic and with every departure of this project (--improved), side by side (for docs/seed-arithmetic.md).
 
     python analysis/seed_experiments.py --csv results/seed_experiments_lite0.csv
 
@@ -12,9 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runs import model_data_flags, run_commands  # noqa: E402
+from analysis.runs import model_data_flags, run_commands
 
 W4A4 = "-pcq_w -pcq_a -sh --qtype int4 -qw int4"
 EXPERIMENTS = {

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,9 +52,9 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from inference import fashion_mnist
-    from inference.evaluate import evaluate
+    from pytorch_quantizer.api.evaluation import evaluate
     from inference.models import build_architecture
-    from pytorch_quantizer.safe_io import write_atomically
+    from pytorch_quantizer.formats.safe_io import write_atomically
 
     if args.threads:
         torch.set_num_threads(args.threads)

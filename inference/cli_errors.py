@@ -1,7 +1,7 @@
 """The CLI's error boundary: which failures are the user's to fix (one stderr line, exit 2) and
 which are bugs of the tool (the traceback stays, exit 1). Decided by the exception's cause:
 
-- ``InputError`` (bad flags, unreadable or inconsistent files, data, the tracking store);
+- ``QuantizationError`` (bad flags, unreadable or inconsistent files, data, the tracking store);
 - interrupts: Ctrl-C (KeyboardInterrupt) and SIGTERM / SIGHUP (``Terminated``);
 - memory exhausted (host or GPU): lower the batch size;
 - the operating system refusing a write: disk full, read-only file system, quota, permission.
@@ -15,7 +15,8 @@ import signal
 from contextlib import contextmanager
 
 from inference.errors import Terminated
-from pytorch_quantizer.errors import InputError
+from inference.library_messages import cli_wording
+from pytorch_quantizer.errors import QuantizationError
 
 STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
                   errno.EDQUOT: "the disk quota is exceeded", errno.EACCES: "permission denied",
@@ -46,8 +47,8 @@ def signals_as_interrupts():
 
 def user_error_message(error: BaseException, batch_size: int | None = None) -> str | None:
     """The one line to print for a failure the user can fix, or None for a bug of the tool."""
-    if isinstance(error, InputError):
-        return str(error)
+    if isinstance(error, QuantizationError):
+        return cli_wording(error)
     if isinstance(error, Terminated):
         return f"terminated by {error.signal_name}: the run stopped, its mlflow run is marked KILLED and no partial file was kept"
     if isinstance(error, KeyboardInterrupt):

@@ -68,7 +68,7 @@ class ProcessInfo:
         extremes take the minimum or the maximum (the same rule as ``StatsAccumulator.merge``)."""
         if not self.distributed:
             return
-        from pytorch_quantizer.observers import merge_rule
+        from pytorch_quantizer.model.observers import merge_rule
 
         for name in sorted(accumulators):
             state = accumulators[name].state

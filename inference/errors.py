@@ -1,8 +1,8 @@
 """The one exception type for problems the user can fix (bad flags, missing files)."""
-from pytorch_quantizer.errors import InputError
+from pytorch_quantizer.errors import QuantizationError
 
 
-class UserError(InputError):
+class UserError(QuantizationError):
     """A problem with the user's input; the CLI prints its message on one line and exits 2."""
 
 

@@ -1,5 +1,7 @@
-"""PTQ inference simulator: evaluate a pretrained CNN (top-1 / top-5) on real images.
+"""PTQ inference simulator: evaluate a pretrained CNN (top-1 / top-5) on real images. The console
+command ``ptq-sim`` and ``python -m inference.inference_sim`` run the same ``cli``.
 
+    ptq-sim -a mobilenet_v3_small --weights mobilenet_v3_small.pth --data DIR --qtype int8
     python inference/inference_sim.py -a efficientnet_lite0
     python inference/inference_sim.py -a fmnist_resnet20 -b 500
     python inference/inference_sim.py -a resnet50 --data /path/to/imagenet --weights resnet50.pth
@@ -8,26 +10,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from inference.errors import UserError  # noqa: E402
-from inference.models import get_model_spec, list_models  # noqa: E402
-from inference.qat_flags import add_qat_flags  # noqa: E402
-from inference.quant_flags import add_quantization_flags  # noqa: E402
-from inference.seed_compat import add_rejected_seed_flags, translate_seed_long_names  # noqa: E402
-from inference.onnx_flags import add_onnx_flags  # noqa: E402
-from inference.weight_method_flags import add_weight_method_flags  # noqa: E402
-from inference.validation import calibration_choice, calibrates, resolve_device, validate  # noqa: E402
-
-DEFAULT_ARCH = "efficientnet_lite0"
+from inference.errors import UserError
+from inference.model_flags import add_model_flags, spec_from_args
+from inference.qat_flags import add_qat_flags
+from inference.quant_flags import add_quantization_flags
+from inference.seed_compat import add_rejected_seed_flags, translate_seed_long_names
+from inference.onnx_flags import add_onnx_flags
+from inference.weight_method_flags import add_weight_method_flags
+from inference.validation import resolve_device
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -78,8 +72,7 @@ def experiment_name(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="inference_sim.py", description="Evaluate a pretrained CNN on real images.")
-    parser.add_argument("-a", "--arch", default=DEFAULT_ARCH, choices=list_models(), metavar="ARCH",
-                        help=f"model from the registry: {', '.join(list_models())} (default: {DEFAULT_ARCH})")
+    add_model_flags(parser, positive_int)
     parser.add_argument("-b", "--batch-size", type=positive_int, default=256, help="images per batch (default: 256)")
     parser.add_argument("-j", "--workers", type=non_negative_int, default=2,
                         help="threads decoding image files (in-memory Fashion-MNIST needs none; default: 2)")
@@ -141,233 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare_run_data(args: argparse.Namespace, spec):
-    """The evaluated and calibration images: folders scanned and checked before any run starts."""
-    from inference.data import prepare_data
-
-    if args.calib_data is not None and not calibrates(args):
-        logging.getLogger(__name__).warning("--calib-data: this run calibrates nothing (no -sm collect, -ac or -bca); "
-                                            "the folder is only recorded")
-    return prepare_data(spec, args.data, calibration_choice(args), args.seed)
-
-
-def inspection_for(args: argparse.Namespace):
-    from inference.inspection import Inspection
-
-    stats_csv = dump_file = None
-    if args.ms:
-        folder = args.mf or args.sf
-        folder.mkdir(parents=True, exist_ok=True)
-        stats_csv = folder / f"{args.arch}.activation_stats.csv"
-    if args.dd is not None:
-        args.dd.mkdir(parents=True, exist_ok=True)
-        dump_file = args.dd / f"{args.arch}.batch0.pt"
-    return Inspection(stats_csv, dump_file)
-
-
-def run(args: argparse.Namespace, validated=None, process=None, device=None, data=None) -> dict:
-    """Evaluate per ``args``; ``validated`` is what ``validate(args)`` returned and ``data`` what
-    ``prepare_run_data`` returned, if already called. Under torchrun (``process``) every process
-    calls it on its share of the batches; the returned figures are the totals over all processes."""
-    import pandas as pd
-    import torch
-
-    from inference.data import LoaderOptions, make_loader
-    from inference.distributed import ProcessInfo
-    from inference.inspection import evaluate_inspected
-    from inference.models import create_model
-    from inference.output_files import write_csv_atomically
-    from inference.simulate import simulate
-    from pytorch_quantizer import backend
-
-    process = process or ProcessInfo()
-    spec, config = validated or validate(args)
-    backend.set_backend(args.backend)
-    device = device or resolve_device(args.device, args.device_ids, process)
-    torch.manual_seed(args.seed)
-    options = LoaderOptions(args.batch_size, args.workers, args.subset, args.shuffle, args.seed, process,
-                            args.skip_bad_images)
-    data = data or prepare_run_data(args, spec)
-    loader = make_loader(data.evaluation, options)
-    model = create_model(args.arch, args.weights, args.random_init).to(device)
-    inspection = inspection_for(args)
-    start = time.perf_counter()
-    extra = data.calibration_record()
-    if config is None:
-        result, _, files = evaluate_inspected(model, loader, device, args.print_freq, process, inspection)
-        extra |= files
-    else:
-        simulation = simulate(args, model, data, loader, config, device, options,
-                              measure_error=args.report_csv is not None, inspection=inspection,
-                              compare_fp32=args.compare_fp32)
-        result = simulation.evaluation
-        extra |= simulation.files
-        if args.report_csv is not None:
-            write_csv_atomically(args.report_csv, pd.DataFrame(simulation.layer_report))
-            extra["report_csv"] = str(args.report_csv)
-        if simulation.fidelity is not None:
-            fidelity = simulation.fidelity
-            extra.update({"fp32_top1": fidelity.reference.top1, "fp32_top5": fidelity.reference.top5,
-                          "drop": fidelity.reference.top1 - result.top1, "top1_agreement": fidelity.top1_agreement,
-                          "mean_kl": fidelity.mean_kl})
-        if simulation.calibration is not None:
-            extra |= {"calibration": simulation.calibration, "calibration_images": simulation.calibration_images,
-                      "calibration_overlaps_eval": simulation.calibration_overlaps_eval}
-        if simulation.rounding is not None:
-            extra |= simulation.rounding
-        extra |= simulation.onnx
-        if simulation.equalization is not None:
-            extra |= {f"equalization.{key}": value for key, value in simulation.equalization.items()}
-        if simulation.qat is not None:
-            extra |= {"qat_epochs": args.qat_epochs, "qat_final_loss": simulation.qat.losses[-1],
-                      "qat_train_top1": simulation.qat.epoch_accuracy[-1], "qat_losses": simulation.qat.losses}
-        extra |= {"statistics": simulation.statistics, "statistics_file": simulation.statistics_file,
-                  **{key: value for key, value in simulation.entropy.items() if key.startswith("avg.")}}
-    if args.skip_bad_images:
-        skipped = list(getattr(loader, "skipped", []))
-        calibration_skipped = simulation.calibration_skipped if config is not None else []
-        counts = process.sum(torch.tensor([len(skipped), len(calibration_skipped)]))
-        extra |= {"skipped_images": int(counts[0]), "skipped_calibration_images": int(counts[1]),
-                  "skipped_examples": (skipped + calibration_skipped)[:3]}
-    weights = "random" if args.random_init else str(args.weights or spec.default_weights())
-    return {
-        "arch": args.arch, "top1": result.top1, "top5": result.top5, "loss": result.loss, "images": result.images,
-        "device": str(device), "processes": process.world_size, "weights": weights,
-        "data": str(args.data) if args.data else "default",
-        "batch_size": args.batch_size, "subset": args.subset, "shuffle": args.shuffle, "seed": args.seed,
-        "quantization": describe(config), "backend": backend.active_backend() if config else "none (fp32)", **extra,
-        "eval_seconds": round(time.perf_counter() - start, 3),
-    }
-
-
-def run_sweep(args: argparse.Namespace, rows: dict, process, device, data=None) -> tuple[dict, "pd.DataFrame"]:  # noqa: F821
-    """-ep: every precision of ``validate_sweep`` in turn, on the same ``data``; the CSV is written by rank 0."""
-    from inference.output_files import write_csv_atomically
-    from inference.sweep import sweep_table
-
-    results = {precision: run(row, validated, process, device, data) for precision, (row, validated) in rows.items()}
-    table = sweep_table(results)
-    summary = {"arch": args.arch, "images": results["fp32"]["images"], "device": str(device),
-               "processes": process.world_size, "backend": results["int8"]["backend"],
-               "quantization": results["int4"]["quantization"]}
-    for record in table.to_dict("records"):
-        summary.update({f"{key}.{record['precision']}": record[key] for key in ("top1", "top5", "loss", "drop")})
-    if process.is_main:
-        path = args.sweep_csv or Path(f"precision_sweep_{args.arch}.csv")
-        write_csv_atomically(path, table)
-        summary["sweep_csv"] = str(path)
-    return summary, table
-
-
-def describe(config) -> dict | str:
-    """The resolved recipe as plain data (for the results JSON)."""
-    if config is None:
-        return "fp32"
-    from dataclasses import asdict
-
-    return json.loads(json.dumps(asdict(config), default=lambda value: getattr(value, "value", str(value))))
-
-
-def flatten_quantization(quantization) -> dict:
-    from inference.tracking import flatten
-
-    return flatten("quantization", quantization if isinstance(quantization, dict) else {"recipe": quantization}, {})
-
-
-def results_table(results: dict) -> "pd.DataFrame":  # noqa: F821
-    """The final one-row table of a run (printed by main)."""
-    import pandas as pd
-
-    recipe = results["quantization"]
-    if isinstance(recipe, dict):
-        parts = [f"{kind[0].upper()}{recipe[kind]['bits']}" for kind in ("weights", "activations") if recipe.get(kind)]
-        recipe = "".join(parts) or "fp32"
-    row = {"arch": results["arch"], "recipe": recipe, "images": results["images"], "top1": results["top1"],
-           "top5": results["top5"], "loss": results["loss"]}
-    if "fp32_top1" in results:
-        row.update(fp32_top1=results["fp32_top1"], drop=results["drop"], agreement=results["top1_agreement"],
-                   kl=results["mean_kl"])
-    row.update(backend=results["backend"], processes=results["processes"], seconds=results["eval_seconds"])
-    return pd.DataFrame([row])
-
-
-def print_results(results: dict, table) -> None:
-    if "top1" not in results:
-        print(f"{results['arch']}: precision sweep on {results['images']} images, written to {results['sweep_csv']}")
-        print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
-        return
-    print(f"{results['arch']}: {results['images']} images, weights {results['weights']}, device {results['device']}")
-    if "statistics" in results:
-        print(f"activation statistics: {results['statistics']}; backend: {results['backend']}")
-    for kind in ("act", "weight"):
-        if f"avg.entropy.{kind}" in results:
-            print(f"Average bit rate: avg.entropy.{kind} - {results[f'avg.entropy.{kind}']:.4f} "
-                  f"(Huffman {results[f'avg.huffman.{kind}']:.4f})")
-    if results.get("calibration"):
-        print(f"calibration: {results['calibration_images']} images from {results['calibration']}"
-              + (" (overlapping the evaluated images)" if results["calibration_overlaps_eval"] else ""))
-    if "fp32_top1" in results:
-        print(f"FP32 on the same images: Prec@1 {results['fp32_top1']:.3f} Prec@5 {results['fp32_top5']:.3f} "
-              f"(drop {results['drop']:.3f}); top-1 agreement with FP32 {results['top1_agreement']:.3f} %, "
-              f"mean KL(FP32 || quantized) {results['mean_kl']:.5f} nats")
-    if "onnx_file" in results:
-        print(f"ONNX QDQ model: {results['onnx_file']} ({results['onnx_quantized_tensors']} quantized tensors; "
-              f"encodings {results['onnx_encodings']})")
-    if "onnx_top1" in results:
-        print(f"onnxruntime on the same images: Prec@1 {results['onnx_top1']:.3f} Prec@5 {results['onnx_top5']:.3f} "
-              f"(simulator {results['onnx_simulator_top1']:.3f}); top-1 agreement with the simulator "
-              f"{results['onnx_top1_agreement']:.3f} %, logit difference max {results['onnx_max_abs_logit_diff']:.4f} "
-              f"mean {results['onnx_mean_abs_logit_diff']:.5f}; simulator margin of the changed classifications at "
-              f"most {results['onnx_max_flipped_margin']:.4f}; {results['onnx_integer_kernels']} integer kernels")
-    for key in ("activation_stats_csv", "dump_file"):
-        if key in results:
-            print(f"{key.replace('_', ' ')}: {results[key]}")
-    print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
-    print(f" * Prec@1 {results['top1']:.3f} Prec@5 {results['top5']:.3f}")
-
-
-@contextmanager
-def tracked_run(args: argparse.Namespace, process):
-    """The mlflow run of this invocation (rank 0 only; None elsewhere)."""
-    if not process.is_main:
-        yield None
-        return
-    from inference.tracking import mlflow_run
-
-    arguments = {key: str(value) for key, value in vars(args).items()}
-    with mlflow_run(args.mlflow_uri, args.mlexp or args.arch, {"args": arguments}) as mlflow:
-        yield mlflow
-
-
-def log_to_mlflow(mlflow, results: dict, uri: str | None) -> None:
-    from inference.tracking import log_results, store_errors
-
-    with store_errors(uri):
-        mlflow.log_params({key: str(value)[:500] for key, value in flatten_quantization(results["quantization"]).items()})
-        log_results(mlflow, results, statistics_file=results.get("statistics_file"))
-        if results.get("calibration"):
-            mlflow.log_params({"calibration.source": results["calibration"][:500],
-                               "calibration.images": results["calibration_images"],
-                               "calibration.overlaps_eval": results["calibration_overlaps_eval"]})
-        for key in ("report_csv", "activation_stats_csv", "sweep_csv", "dump_file", "onnx_encodings"):
-            if results.get(key):
-                mlflow.log_artifact(results[key])
-        if results.get("qat_losses"):
-            log_training_curve(mlflow, results["qat_losses"])
-
-
-def log_training_curve(mlflow, losses: list[float]) -> None:
-    """The QAT loss of every step as metric ``qat.loss`` (step = training step), in batches of 1000."""
-    import time
-
-    from mlflow.entities import Metric
-
-    client, run_id, now = mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id, int(time.time() * 1000)
-    metrics = [Metric("qat.loss", float(loss), now, step) for step, loss in enumerate(losses)]
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
-
-
 def parse_command_line(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = build_parser()
     known = {option for action in parser._actions for option in action.option_strings}
@@ -378,6 +144,7 @@ def checked_before_work(args: argparse.Namespace, parser: argparse.ArgumentParse
     """Flags, outputs, the tracking store (rank 0), the device and the data, in that order:
     everything the user can get wrong is found before a model is loaded or a run is started."""
     from inference.quant_flags import no_op_warnings
+    from inference.run import prepare_run_data
     from inference.tracking import check_tracking_store
     from inference.validation import validate_command_line
 
@@ -387,7 +154,7 @@ def checked_before_work(args: argparse.Namespace, parser: argparse.ArgumentParse
     if process.is_main:
         check_tracking_store(args.mlflow_uri)
     device = resolve_device(args.device, args.device_ids, process)
-    data = prepare_run_data(args, get_model_spec(args.arch))
+    data = prepare_run_data(args, spec_from_args(args))
     if args.qat_epochs and data.calibration_overlaps_eval():
         raise UserError(f"--qat-epochs needs training images disjoint from the evaluated ones, and {args.arch} has no "
                         "training split here (no train/ folder): pass --calib-holdout N (labelled images held out "
@@ -399,6 +166,8 @@ def evaluate_and_record(args: argparse.Namespace, parser: argparse.ArgumentParse
     """The whole run: checks, the evaluation inside its mlflow run, then the results JSON (rank 0)."""
     from inference.distributed import process_group
     from inference.output_files import write_json_atomically
+    from inference.results_output import log_to_mlflow, results_table, tracked_run
+    from inference.run import run, run_sweep
 
     validated, device, data = checked_before_work(args, parser, process)
     with process_group(process, device), tracked_run(args, process) as mlflow:
@@ -439,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     from inference.cli_errors import one_line, signals_as_interrupts, user_error_message
     from inference.distributed import ProcessInfo, process_info
     from inference.errors import PeerProcessFailed
+    from inference.results_output import print_results
 
     parser, args = parse_command_line(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -466,8 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command ``ptq-sim`` (and ``python -m inference.inference_sim``): glibc malloc tuned
+    for inference first (``allocator``), then ``main``."""
     from inference.allocator import reexecute_with_tuned_malloc
 
     reexecute_with_tuned_malloc()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from inference.distributed import ProcessInfo
-from inference.evaluate import EvalResult, Fidelity, evaluate
+from pytorch_quantizer.api.evaluation import EvalResult, Fidelity, evaluate
 from inference.output_files import save_tensors, write_csv_atomically
-from pytorch_quantizer.graph import GEMM_LAYERS
+from inference.progress import progress_bars
+from pytorch_quantizer.model.graph import GEMM_LAYERS
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def gemm_layer_names(model: nn.Module) -> list[str]:
 @contextmanager
 def measuring_activations(model: nn.Module):
     """Per-tensor statistics of every Conv/Linear input over the evaluated batches: {name: StatsAccumulator}."""
-    from pytorch_quantizer.observers import ObservedLayer, observing
+    from pytorch_quantizer.model.observers import ObservedLayer, observing
 
     layers = {name: ObservedLayer(axis=None, clipping="no", bits=8) for name in gemm_layer_names(model)}
     with observing(model, layers) as accumulators:
@@ -101,7 +102,7 @@ def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_fre
     dumping = inspection.dump_file is not None and process.is_main
     measuring = measuring_activations(model) if inspection.stats_csv is not None else nullcontext({})
     with measuring as accumulators, capturing_first_batch(model) if dumping else nullcontext({}) as captured:
-        result, fidelity = evaluate(model, loader, device, print_freq, progress=process.is_main,
+        result, fidelity = evaluate(model, loader, device, print_freq, progress=progress_bars(process.is_main),
                                     sum_over_processes=process.sum, reference=reference,
                                     max_over_processes=process.maximum)
     if dumping:

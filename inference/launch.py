@@ -18,9 +18,6 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 SIMULATOR = Path(__file__).resolve().parent / "inference_sim.py"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from inference.errors import UserError
-from pytorch_quantizer.safe_io import safe_torch_load
+from pytorch_quantizer.formats.safe_io import safe_torch_load
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_DIR = REPO_ROOT / "inference" / "checkpoints"
@@ -61,11 +61,19 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def registered_spec(name: str) -> ModelSpec | None:
+    return _REGISTRY.get(name)
+
+
 def get_model_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+
+
+def as_spec(model: str | ModelSpec) -> ModelSpec:
+    return get_model_spec(model) if isinstance(model, str) else model
 
 
 # --- torchvision ImageNet classifiers (V1 weights, the seed's pretrained=True) -----------------
@@ -202,7 +210,7 @@ def load_state_dict_file(path: Path) -> dict:
 
     Accepts a plain state dict or a checkpoint dict holding one under ``state_dict`` or ``model``.
     """
-    from pytorch_quantizer.state_checks import describe, non_finite_problem, tensor_dict_problem
+    from pytorch_quantizer.formats.state_checks import describe, non_finite_problem, tensor_dict_problem
 
     if path.is_dir():
         raise UserError(f"weights file {path} is a folder, not a file; {WEIGHTS_FIX}")
@@ -235,7 +243,7 @@ def fit_problem(state: dict, expected: dict) -> str | None:
     """Shapes and dtype kinds (floating / integer / ...) of the entries ``state`` shares with the
     model's own state dict ``expected``: compared before ``load_state_dict``, whose size-mismatch
     error spans many lines."""
-    from pytorch_quantizer.state_checks import shape_text
+    from pytorch_quantizer.formats.state_checks import shape_text
 
     for key, value in state.items():
         target = expected.get(key)
@@ -261,9 +269,10 @@ def keys_problem(name: str, missing: list[str], unexpected: list[str]) -> str:
     return ", ".join(parts) + hint
 
 
-def weights_path(name: str, weights: Path | None = None) -> Path:
-    """``weights``, else the registry's weights file of ``name``, which must exist (checked before any work)."""
-    spec = get_model_spec(name)
+def weights_path(model: str | ModelSpec, weights: Path | None = None) -> Path:
+    """``weights``, else the default weights file of the model, which must exist (checked before any work)."""
+    spec = as_spec(model)
+    name = spec.name
     path = weights or spec.default_weights()
     if weights is None and not path.is_file():
         raise UserError(f"{name}: weights not found at {path} ({spec.weights_source}); {spec.weights_hint}, "
@@ -271,15 +280,18 @@ def weights_path(name: str, weights: Path | None = None) -> Path:
     return path
 
 
-def create_model(name: str, weights: Path | None = None, random_init: bool = False):
-    """Build ``name`` in eval mode with its weights: ``weights`` if given, else the registry's source.
+def create_model(model_spec: str | ModelSpec, weights: Path | None = None, random_init: bool = False):
+    """Build the model (a registry name or a ``ModelSpec``) in eval mode with its weights: ``weights``
+    if given, else its default source.
 
     ``random_init`` skips loading (architecture-only runs). Raises UserError when no weights exist
     or they do not fit the architecture (a key, shape or dtype kind of another model).
     """
-    model = get_model_spec(name).build()
+    spec = as_spec(model_spec)
+    name = spec.name
+    model = spec.build()
     if not random_init:
-        path = weights_path(name, weights)
+        path = weights_path(spec, weights)
         state = load_state_dict_file(path)
         refit = "pass weights saved from this architecture"
         problem = fit_problem(state, model.state_dict())

@@ -1,4 +1,4 @@
-"""--export-onnx and --verify-onnx: the calibrated model as ONNX QDQ (``pytorch_quantizer.onnx_export``),
+"""--export-onnx and --verify-onnx: the calibrated model as ONNX QDQ (``pytorch_quantizer.export.onnx``),
 checked against the simulator by onnxruntime on the evaluated images."""
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from inference.errors import UserError
+from inference.library_messages import cli_wording
 
 GROUP_TITLE = "deployment: ONNX QDQ export"
 
@@ -29,8 +30,8 @@ def add_onnx_flags(parser: argparse.ArgumentParser) -> None:
 
 def check_onnx_flags(args: argparse.Namespace, config) -> None:
     """Before any work: what an integer runtime cannot express is refused with the reason."""
-    from inference.validation import check_output_file
-    from pytorch_quantizer.onnx_export import export_problem
+    from inference.output_files import check_output_file
+    from pytorch_quantizer.export.onnx import export_problem
 
     if args.int32_bias:
         check_int32_bias(args, config)
@@ -47,40 +48,12 @@ def check_onnx_flags(args: argparse.Namespace, config) -> None:
         raise UserError("--export-onnx writes one model and -ep runs several precisions: drop one of them")
     problem = export_problem(config, fixed_ranges=args.sm in ("collect", "use") or args.ac)
     if problem is not None:
-        raise UserError(f"--export-onnx: {problem}")
-
-
-def export_and_verify(args: argparse.Namespace, quantized, example, loader, device, process) -> dict:
-    """Write the export (rank 0); with --verify-onnx run it beside the simulator on every evaluated
-    batch. Returns the figures for the results."""
-    from inference.evaluate import evaluate
-    from inference.onnx_runtime import RuntimeModel
-    from pytorch_quantizer.errors import InputError
-    from pytorch_quantizer.onnx_export import export_qdq, save_export
-
-    if process.distributed:
-        raise UserError("--export-onnx writes one file from one process: run without torchrun")
-    try:
-        proto, encodings = export_qdq(quantized, example[:1].to(device))
-        encodings_path = save_export(proto, encodings, args.export_onnx)
-    except InputError as error:
-        raise UserError(str(error)) from None
-    figures = {"onnx_file": str(args.export_onnx), "onnx_encodings": str(encodings_path),
-               "onnx_quantized_tensors": len(encodings)}
-    if not args.verify_onnx:
-        return figures
-    runtime_model = RuntimeModel(args.export_onnx)
-    runtime, fidelity = evaluate(runtime_model, loader, device, reference=quantized.model)
-    return figures | {"onnx_integer_kernels": runtime_model.integer_kernels, "onnx_top1": runtime.top1, "onnx_top5": runtime.top5, "onnx_simulator_top1": fidelity.reference.top1,
-                      "onnx_top1_agreement": fidelity.top1_agreement,
-                      "onnx_max_abs_logit_diff": fidelity.max_abs_logit_diff,
-                      "onnx_mean_abs_logit_diff": fidelity.mean_abs_logit_diff,
-                      "onnx_max_flipped_margin": fidelity.max_flipped_margin}
+        raise UserError(cli_wording(problem))
 
 
 def check_int32_bias(args: argparse.Namespace, config) -> None:
     """--int32-bias needs integer weights and fixed per-tensor activation ranges (the s_x of each layer)."""
-    from pytorch_quantizer.config import WeightKind
+    from pytorch_quantizer.quantizers.config import WeightKind
 
     if config is None or config.weights is None or config.weights.kind != WeightKind.INT:
         raise UserError("--int32-bias puts biases on the grid of integer weights: add -qw intN")

@@ -1,12 +1,15 @@
 """The CLI's output files (results JSON, CSV tables, tensor dumps), each written atomically: a
-temporary file beside the target, then renamed over it."""
+temporary file beside the target, then renamed over it; and the checks, before any work, that
+each can be written."""
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
-from pytorch_quantizer.safe_io import write_atomically
+from inference.errors import UserError
+from pytorch_quantizer.formats.safe_io import write_atomically
 
 
 def strict_json_payload(payload: dict) -> dict:
@@ -47,3 +50,33 @@ def save_tensors(tensors: dict, path: Path) -> None:
     import torch
 
     write_atomically(path, lambda temporary: torch.save(tensors, temporary))
+
+
+def check_output_file(flag: str, path: Path) -> None:
+    """A file the run will write: not a folder, in an existing writable folder, not read-only."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name inside it, e.g. {path / 'out' }.{suffix(flag)}")
+    folder = path.parent
+    blocking = next((parent for parent in [folder, *folder.parents] if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise UserError(f"{flag} {path}: {blocking} is a file, not a folder; choose a path in a folder")
+    if not folder.is_dir():
+        raise UserError(f"{flag} {path}: folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: folder {folder} is not writable; choose a writable folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path}: the file is read-only; make it writable or choose another path")
+
+
+def suffix(flag: str) -> str:
+    return "json" if "json" in flag else "csv"
+
+
+def check_output_folder(flag: str, folder: Path) -> None:
+    """A folder the run will write into (created if missing): not a file, writable or creatable."""
+    existing = next(parent for parent in [folder, *folder.parents] if parent.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"lies under the file {existing}"
+        raise UserError(f"{flag} {folder}: {where}, not a folder; pass a folder (it is created if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: {existing} is not writable; choose a writable folder")

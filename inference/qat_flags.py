@@ -1,4 +1,4 @@
-"""Flags of the short quantization-aware fine-tuning (``pytorch_quantizer.qat``) and their checks."""
+"""Flags of the short quantization-aware fine-tuning (``pytorch_quantizer.methods.qat``) and their checks."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,8 @@ from pathlib import Path
 
 from inference.errors import UserError
 from inference.quant_flags import other_seeds_kind, positive_float
+from pytorch_quantizer.api.options import DEFAULT_QAT_LR
 
-DEFAULT_QAT_LR = 1e-3  # chosen on the training loss of short runs, never on evaluated images
 DEFAULT_QAT_BATCH = 128
 
 
@@ -54,3 +54,6 @@ def check_qat_flags(args: argparse.Namespace) -> None:
                         "--calib-holdout N, or put labelled class folders in the data folder's train/")
     if args.bcw or args.vcw:
         raise UserError(f"{flag}: -bcw / -vcw correct post-training rounding, which fine-tuning learns: drop them")
+    if args.load_qat is not None and not args.load_qat.is_file():
+        raise UserError(f"--load-qat {args.load_qat}: no such file; save it again with --qat-epochs N --save-qat PATH "
+                        "(same model and --qtype / -qw)")

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from inference.errors import UserError
+from inference.library_messages import cli_wording
 from inference.models import REPO_ROOT, ModelSpec
 
 DEFAULT_STATS_FOLDER = REPO_ROOT / "statistics"
@@ -39,7 +40,7 @@ DEPARTURE_FLAGS = (
 
 
 def departures_from_args(args: argparse.Namespace):
-    from pytorch_quantizer.departures import Departures
+    from pytorch_quantizer.maths.departures import Departures
 
     if args.improved:
         return Departures.all()
@@ -48,7 +49,7 @@ def departures_from_args(args: argparse.Namespace):
 
 def _named_kind(text: str | None):
     """The registered kind a --qtype / -qw text starts with (``kinds.KindInfo``), or None."""
-    from pytorch_quantizer.kinds import KIND_PATTERN, list_kinds
+    from pytorch_quantizer.quantizers.kinds import KIND_PATTERN, list_kinds
 
     match = KIND_PATTERN.match(text or "")
     return next((info for info in list_kinds() if match and info.name == match.group(1)), None)
@@ -153,7 +154,7 @@ def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> Non
 
 
 def parse_bits(text: str | None, flag: str, for_weights: bool = False):
-    from pytorch_quantizer.config import parse_qtype
+    from pytorch_quantizer.quantizers.config import parse_qtype
 
     if text is None or text == "f32":
         return None
@@ -171,7 +172,7 @@ def keep_8bit_patterns(args: argparse.Namespace, spec: ModelSpec) -> tuple[str, 
 
 def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
     """Convert the flags once into a QuantConfig (None with --q_off or without quantization)."""
-    from pytorch_quantizer.config import (
+    from pytorch_quantizer.quantizers.config import (
         MAX_ALLOCATION_TARGET, ActQuantPoint, BitRounding, Prior, QuantConfig, StatsKind, TensorQuantSpec, WeightKind,
     )
 
@@ -231,13 +232,13 @@ def quant_config_from_args(args: argparse.Namespace, spec: ModelSpec):
             keep_8bit=keep_8bit_patterns(args, spec), keep_fp=tuple(args.keep_fp), seed=args.seed,
             departures=departures)
     except ValueError as error:
-        raise UserError(str(error)) from None
+        raise UserError(cli_wording(error)) from None
     return config if config.enabled else None
 
 
 def no_op_warnings(args: argparse.Namespace) -> list[str]:
     """Seed flags that, as in the seed's code, change nothing in this run: one sentence each."""
-    from pytorch_quantizer.config import BIT_ALLOCATION_MAX_BITS
+    from pytorch_quantizer.quantizers.config import BIT_ALLOCATION_MAX_BITS
 
     warnings = []
     for flag, per_channel, granularity, bits in (("-baa", args.pcq_a, "-pcq_a", args.qtype),
@@ -251,17 +252,3 @@ def no_op_warnings(args: argparse.Namespace) -> list[str]:
             warnings.append(f"{flag} applies at {BIT_ALLOCATION_MAX_BITS} bits or fewer (as in the seed); "
                             f"at {bits} it does nothing")
     return warnings
-
-
-def statistics_path(args: argparse.Namespace, per_channel: bool) -> Path:
-    granularity = "per_channel" if per_channel else "per_tensor"
-    return args.sf / f"{args.arch}.{granularity}.{statistics_point(args)}.stats.pt"
-
-
-def statistics_point(args: argparse.Namespace) -> str:
-    """Where statistics are observed: ``input``, ``output`` (pre-activation, the seed's) or
-    ``output.rectified`` (after a fused ReLU, with --rectified-aciq), ``.equalized`` after the point
-    with --equalize (another float model); files of one do not serve another."""
-    point = act_quant_point(args)
-    point = f"{point}.rectified" if point == "output" and departures_from_args(args).rectified_aciq else point
-    return f"{point}.equalized" if getattr(args, "equalize", False) else point

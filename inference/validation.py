@@ -4,11 +4,12 @@ names the flag and the fix."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from inference.errors import UserError
-from inference.models import get_model_spec, weights_path
+from inference.model_flags import spec_from_args
+from inference.models import weights_path
+from inference.output_files import check_output_file, check_output_folder
 from inference.weight_method_flags import GROUP_TITLE, check_weight_method_flags
 
 QUANTIZATION_GROUPS = ("quantization (Banner et al. recipe)", "departures from the seed's arithmetic (each off by default)",
@@ -34,36 +35,6 @@ def given_flags(args: argparse.Namespace, parser: argparse.ArgumentParser, group
             if getattr(args, action.dest) != action.default:
                 given[action.dest] = min(action.option_strings, key=len)
     return given
-
-
-def check_output_file(flag: str, path: Path) -> None:
-    """A file the run will write: not a folder, in an existing writable folder, not read-only."""
-    if path.is_dir():
-        raise UserError(f"{flag} {path}: is a folder; give a file name inside it, e.g. {path / 'out' }.{suffix(flag)}")
-    folder = path.parent
-    blocking = next((parent for parent in [folder, *folder.parents] if parent.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise UserError(f"{flag} {path}: {blocking} is a file, not a folder; choose a path in a folder")
-    if not folder.is_dir():
-        raise UserError(f"{flag} {path}: folder {folder} does not exist; create it or choose another path")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: folder {folder} is not writable; choose a writable folder")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UserError(f"{flag} {path}: the file is read-only; make it writable or choose another path")
-
-
-def suffix(flag: str) -> str:
-    return "json" if "json" in flag else "csv"
-
-
-def check_output_folder(flag: str, folder: Path) -> None:
-    """A folder the run will write into (created if missing): not a file, writable or creatable."""
-    existing = next(parent for parent in [folder, *folder.parents] if parent.exists())
-    if not existing.is_dir():
-        where = "is a file" if existing == folder else f"lies under the file {existing}"
-        raise UserError(f"{flag} {folder}: {where}, not a folder; pass a folder (it is created if missing)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {folder}: {existing} is not writable; choose a writable folder")
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -126,7 +97,7 @@ def check_patterns(args: argparse.Namespace) -> None:
 
 
 def check_clipping_names(args: argparse.Namespace) -> None:
-    from pytorch_quantizer.clipping import get_clipping
+    from pytorch_quantizer.maths.clipping import get_clipping
 
     for flag, name in (("-c", args.clipping), ("--weight-clipping", args.weight_clipping)):
         try:
@@ -140,7 +111,8 @@ def validate(args: argparse.Namespace):
     from inference.onnx_flags import check_onnx_flags
     from inference.qat_flags import check_qat_flags
     from inference.quant_flags import quant_config_from_args
-    from inference.simulate import require_statistics_file
+    from inference.run_files import require_statistics_file
+    from inference.settings_flags import recipe_files_from_args
 
     if args.weights is not None and args.random_init:
         raise UserError("--weights and --random-init contradict each other; pass only one")
@@ -151,14 +123,14 @@ def validate(args: argparse.Namespace):
     check_qat_flags(args)
     check_weight_method_flags(args)
     check_outputs(args)
-    spec = get_model_spec(args.arch)
+    spec = spec_from_args(args)
     if not args.random_init:
-        weights_path(args.arch, args.weights)
+        weights_path(spec, args.weights)
     calibration_choice(args)
     config = quant_config_from_args(args, spec)
     check_onnx_flags(args, config)
     if config is not None:
-        require_statistics_file(args, config)
+        require_statistics_file(recipe_files_from_args(args), config)
     elif args.report_csv is not None or args.compare_fp32:
         flag = "--report-csv" if args.report_csv is not None else "--compare-fp32"
         raise UserError(f"{flag} concerns a quantized model: add --qtype intN and/or -qw intN")

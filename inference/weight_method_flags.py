@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from inference.errors import UserError
+from pytorch_quantizer.api.options import DEFAULT_ROUNDING_BATCH, DEFAULT_ROUNDING_STEPS
 
 GROUP_TITLE = "after the seed: weight methods for depthwise networks"
-DEFAULT_RECON_ITERS = 1000
-DEFAULT_RECON_BATCH = 32
+DEFAULT_RECON_ITERS = DEFAULT_ROUNDING_STEPS
+DEFAULT_RECON_BATCH = DEFAULT_ROUNDING_BATCH
 
 
 def add_weight_method_flags(parser: argparse.ArgumentParser, positive_int) -> None:

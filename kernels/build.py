@@ -216,5 +216,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(KERNELS_DIR.parent))  # run as a script: make the `kernels` package importable
     sys.exit(main())

@@ -11,7 +11,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 @pytest.fixture(autouse=True)
 def reset_backend():
     """Each test leaves the backend at ``auto`` whatever it set."""
-    from pytorch_quantizer import backend
+    from pytorch_quantizer.quantizers import backend
 
     yield
     backend.set_backend("auto")

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from pytorch_quantizer import aciq, allocation
-from pytorch_quantizer.clipping import get_clipping, list_clipping
-from pytorch_quantizer.departures import Departures
-from pytorch_quantizer.errors import InputError
-from pytorch_quantizer.primitives import fake_quantize_range
-from pytorch_quantizer.stats import compute_stats
+from pytorch_quantizer.maths import aciq, allocation
+from pytorch_quantizer.maths.clipping import get_clipping, list_clipping
+from pytorch_quantizer.maths.departures import Departures
+from pytorch_quantizer.errors import QuantizationError
+from pytorch_quantizer.maths.primitives import fake_quantize_range
+from pytorch_quantizer.maths.stats import compute_stats
 
 LAPLACE = [1.8628, 2.8307, 3.8972, 5.0286, 6.2048, 7.4131, 8.6456, 9.8968]
 GAUSSIAN = [1.2399, 1.7106, 2.1516, 2.5591, 2.9362, 3.2869, 3.6151, 3.9240]
@@ -77,7 +77,7 @@ def test_mse_search_is_at_least_as_good_as_laplace(laplace_samples):
 def test_registry_lists_methods_and_rejects_unknown_names():
     assert {"no", "laplace", "gaus", "kld", "mix", "pct", "mse", "Kstd"} <= set(list_clipping())
     assert get_clipping("2.5std").name == "2.5std"
-    with pytest.raises(InputError, match="unknown clipping method '2xstd'"):
+    with pytest.raises(QuantizationError, match="unknown clipping method '2xstd'"):
         get_clipping("2xstd")
 
 

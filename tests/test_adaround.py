@@ -1,4 +1,4 @@
-"""AdaRound (``pytorch_quantizer.adaround``, --adaround): the rounding stays within one grid step of
+"""AdaRound (``pytorch_quantizer.methods.adaround``, --adaround): the rounding stays within one grid step of
 round-to-nearest, lowers the layer-output error, ends decided (0 / 1) because of its regulariser,
 and a saved rounding reloads to the same model; the CLI's refusals."""
 import json
@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from pytorch_quantizer import adaround, primitives
+from pytorch_quantizer.maths import weight_grid
+from pytorch_quantizer.methods import adaround
+from pytorch_quantizer.maths import primitives
 
 
 def conv_case(seed: int = 0):
@@ -21,20 +23,20 @@ def conv_case(seed: int = 0):
     inputs = torch.einsum("nchw,cd->ndhw", torch.randn(256, 16, 8, 8), mixing).relu()
     with torch.no_grad():
         targets = conv(inputs)
-    return conv, weight, adaround.Grid(scale, zero_point, qmax), inputs, targets
+    return conv, weight, weight_grid.Grid(scale, zero_point, qmax), inputs, targets
 
 
 def test_nearest_rounding_is_the_grid_of_fake_quantize():
     _, weight, grid, _, _ = conv_case()
-    nearest = adaround.rounded_weight(weight, grid, adaround.nearest_rounding(weight, grid))
+    nearest = weight_grid.rounded_weight(weight, grid, weight_grid.nearest_rounding(weight, grid))
     assert torch.equal(nearest, primitives.fake_quantize(weight, grid.scale, grid.zero_point, grid.qmax, 0))
 
 
 def test_learned_rounding_is_within_one_step_and_lowers_the_output_error():
     conv, weight, grid, inputs, targets = conv_case()
     result = adaround.learn_rounding(conv, weight, grid, inputs, targets, iterations=600, batch=32)
-    nearest = adaround.rounded_weight(weight, grid, adaround.nearest_rounding(weight, grid))
-    learned = adaround.rounded_weight(weight, grid, result.up)
+    nearest = weight_grid.rounded_weight(weight, grid, weight_grid.nearest_rounding(weight, grid))
+    learned = weight_grid.rounded_weight(weight, grid, result.up)
     steps = ((learned - nearest).abs() / grid.scale.reshape(-1, 1, 1, 1)).round()
     assert steps.max() <= 1
     assert (steps == 1).any()                      # it did change some roundings
@@ -63,7 +65,7 @@ def test_initial_soft_rounding_reproduces_the_float_weight_inside_the_grid():
     codes = torch.floor(weight * (1.0 / scale)) + soft + zero_point
     inside = (codes >= 0) & (codes <= qmax)          # the clamp at the grid's ends aside
     assert inside.float().mean() > 0.9
-    difference = (adaround.rounded_weight(weight, grid, soft) - weight).abs() / scale
+    difference = (weight_grid.rounded_weight(weight, grid, soft) - weight).abs() / scale
     assert float(difference[inside].max()) < 1e-3
 
 
@@ -110,7 +112,7 @@ def test_reusing_a_rounding_that_was_never_learned_names_the_fix(run_cli, tmp_pa
 
 def test_blocks_are_the_children_of_sequential_containers():
     from inference import models
-    from pytorch_quantizer.reconstruction import model_blocks
+    from pytorch_quantizer.methods.reconstruction import model_blocks
 
     model = models.create_model("fmnist_resnet20")
     layers = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
@@ -122,8 +124,8 @@ def test_blocks_are_the_children_of_sequential_containers():
 
 def test_straight_through_activations_pass_gradients_and_qdrop_keeps_float_values():
     from inference import models
-    from pytorch_quantizer.config import QuantConfig, TensorQuantSpec
-    from pytorch_quantizer.transform import QuantizedModel
+    from pytorch_quantizer.quantizers.config import QuantConfig, TensorQuantSpec
+    from pytorch_quantizer.model.quantized_model import QuantizedModel
 
     model = models.create_model("fmnist_mobilenet").eval()
     inputs = torch.randn(4, 1, 28, 28)
@@ -134,11 +136,11 @@ def test_straight_through_activations_pass_gradients_and_qdrop_keeps_float_value
         handle = layer.register_forward_hook(lambda module, args, output: seen.append(args[0]))
         with torch.no_grad():
             quantized.model(inputs)
-        with quantized.straight_through(0.0):
+        with quantized.learning.straight_through(0.0):
             probe = inputs.clone().requires_grad_(True)
             quantized.model(probe).sum().backward()
             assert probe.grad is not None and float(probe.grad.abs().sum()) > 0
-        with torch.no_grad(), quantized.straight_through(0.999999):
+        with torch.no_grad(), quantized.learning.straight_through(0.999999):
             quantized.model(inputs)
         with torch.no_grad(), quantized.bypassed():
             quantized.model(inputs)
@@ -176,8 +178,8 @@ def test_reconstruction_refusals_exit_2_with_one_line(run_cli, argv, message):
 def a4w4_mobilenet(point: str, images: torch.Tensor):
     """fmnist_mobilenet with 4-bit per-tensor activations at ``point`` and 4-bit per-channel weights."""
     from inference import models
-    from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec
-    from pytorch_quantizer.transform import QuantizedModel
+    from pytorch_quantizer.quantizers.config import ActQuantPoint, QuantConfig, TensorQuantSpec
+    from pytorch_quantizer.model.quantized_model import QuantizedModel
 
     config = QuantConfig(activations=TensorQuantSpec(bits=4), weights=TensorQuantSpec(bits=4, per_channel=True),
                          act_quant_point=ActQuantPoint(point))
@@ -197,7 +199,7 @@ def assert_same_rounding_with_and_without_chaining(learner, point: str, options)
 
 @pytest.mark.parametrize("point", ["output", "input"])
 def test_chained_blocks_take_their_inputs_from_the_block_before_with_the_same_rounding(point):
-    from pytorch_quantizer.reconstruction import RoundingOptions, blocks_in_order, chained_blocks, learn_block_rounding
+    from pytorch_quantizer.methods.reconstruction import RoundingOptions, blocks_in_order, chained_blocks, learn_block_rounding
 
     images = torch.randn(4, 1, 28, 28)
     with a4w4_mobilenet(point, images) as quantized:
@@ -209,14 +211,14 @@ def test_chained_blocks_take_their_inputs_from_the_block_before_with_the_same_ro
 
 @pytest.mark.parametrize("point", ["output", "input"])
 def test_adaround_takes_a_layers_inputs_from_its_block_with_the_same_rounding(point):
-    from pytorch_quantizer.reconstruction import RoundingOptions, learn_model_rounding
+    from pytorch_quantizer.methods.reconstruction import RoundingOptions, learn_model_rounding
 
     assert_same_rounding_with_and_without_chaining(learn_model_rounding, point, RoundingOptions(3, 8, 0))
 
 
 @pytest.mark.parametrize("point", ["output", "input"])
 def test_a_layers_input_taken_through_its_block_is_the_one_the_whole_model_gives(point):
-    from pytorch_quantizer.reconstruction import BlockInputs, blocks_in_order, inputs_within_block, layer_inputs
+    from pytorch_quantizer.methods.reconstruction import BlockInputs, blocks_in_order, inputs_within_block, layer_inputs
 
     images = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with a4w4_mobilenet(point, images) as quantized:

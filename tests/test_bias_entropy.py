@@ -5,10 +5,10 @@ import numpy as np
 import torch
 from hypothesis import given, settings, strategies as st
 
-from pytorch_quantizer.bias_correction import correct_weights
-from pytorch_quantizer.entropy import huffman_bits_per_symbol, shannon_entropy, weighted_average
-from pytorch_quantizer.kmeans import kmeans_quantize
-from pytorch_quantizer.primitives import channels_first, fake_quantize_range
+from pytorch_quantizer.maths.bias_correction import correct_weights
+from pytorch_quantizer.maths.entropy import huffman_bits_per_symbol, shannon_entropy, weighted_average
+from pytorch_quantizer.maths.kmeans import kmeans_quantize
+from pytorch_quantizer.maths.primitives import channels_first, fake_quantize_range
 
 
 def quantized_conv_weight():

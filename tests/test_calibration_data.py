@@ -10,7 +10,7 @@ from scipy.special import rel_entr, softmax
 
 from inference.data import CalibrationChoice, LoaderOptions, prepare_data
 from inference.errors import UserError
-from inference.evaluate import FidelityCounter, evaluate
+from pytorch_quantizer.api.evaluation import FidelityCounter, evaluate
 from inference.image_files import UNLABELLED, imagenet_wnids
 from inference.models import get_model_spec
 

@@ -67,8 +67,8 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
 
 
 def test_merging_shard_accumulators_equals_one_accumulator_of_all_batches():
-    from pytorch_quantizer.observers import StatsAccumulator
-    from pytorch_quantizer.stats import compute_stats
+    from pytorch_quantizer.model.observers import StatsAccumulator
+    from pytorch_quantizer.maths.stats import compute_stats
 
     batches = [torch.relu(torch.randn(8, 4, 5, 5, generator=torch.Generator().manual_seed(seed))) for seed in range(5)]
     whole, even, odd = StatsAccumulator(), StatsAccumulator(), StatsAccumulator()

@@ -1,4 +1,4 @@
-"""Cross-layer equalization and high-bias absorption (``pytorch_quantizer.equalization``, --equalize):
+"""Cross-layer equalization and high-bias absorption (``pytorch_quantizer.methods.equalization``, --equalize):
 the float function is kept, ranges are balanced, absorption is exact where its assumption holds,
 and the CLI flag runs, records what it did and refuses what it cannot do."""
 import json
@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from inference import models
-from pytorch_quantizer.equalization import (
+from pytorch_quantizer.methods.equalization import (
     equalization_scales,
     equalize,
     input_channel_ranges,
     output_channel_ranges,
 )
-from pytorch_quantizer.graph import ChannelClamp
+from pytorch_quantizer.model.graph import ChannelClamp
 
 
 def relative_difference(reference: torch.Tensor, other: torch.Tensor) -> float:

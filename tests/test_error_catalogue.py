@@ -55,7 +55,7 @@ def statistics_folder(tmp_path_factory):
 def statistics_copy(statistics_folder: Path, tmp_path: Path, edit=None) -> Path:
     """A copy of the collected statistics folder; ``edit(payload)`` changes the file's content and
     the checksum is recomputed, as a user who edits the file would do."""
-    from pytorch_quantizer.stats_io import checksum, metadata_of, StatisticsFile
+    from pytorch_quantizer.formats.stats_io import checksum, metadata_of, StatisticsFile
 
     folder = tmp_path / "stats"
     shutil.copytree(statistics_folder, folder)
@@ -250,7 +250,7 @@ def test_results_json_is_strict_json_with_non_finite_values_flagged(tmp_path):
 
 
 def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
-    from pytorch_quantizer.safe_io import write_atomically
+    from pytorch_quantizer.formats.safe_io import write_atomically
 
     target = tmp_path / "stats.pt"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -333,8 +333,8 @@ def test_launcher_prints_the_line_of_the_process_that_failed(tmp_path):
 def test_a_full_disk_during_a_write_keeps_the_previous_file_and_names_the_target(tmp_path):
     import errno
 
-    from pytorch_quantizer.errors import InputError
-    from pytorch_quantizer.safe_io import write_atomically
+    from pytorch_quantizer.errors import QuantizationError
+    from pytorch_quantizer.formats.safe_io import write_atomically
 
     target = tmp_path / "results.json"
     target.write_text("previous\n")
@@ -343,7 +343,7 @@ def test_a_full_disk_during_a_write_keeps_the_previous_file_and_names_the_target
         Path(temporary).write_text("half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(InputError, match=f"cannot write {target}: No space left on device"):
+    with pytest.raises(QuantizationError, match=f"cannot write {target}: No space left on device"):
         write_atomically(target, fill_the_disk)
     assert target.read_text() == "previous\n" and sorted(tmp_path.iterdir()) == [target]
 

@@ -1,7 +1,7 @@
 """Every file a user gives is checked for types, keys, shapes, dtypes, value ranges and finiteness:
 statistics edited with their checksum recomputed (so only the consistency checks can catch them),
 and --weights state dicts with NaN / Inf, wrong shapes, other architectures and garbage. Each
-problem is a one-line InputError naming the file and the layer / key."""
+problem is a one-line QuantizationError naming the file and the layer / key."""
 import copy
 import os
 
@@ -11,10 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inference.models import create_model
-from pytorch_quantizer import stats_io, transform
-from pytorch_quantizer.config import QuantConfig, TensorQuantSpec
-from pytorch_quantizer.errors import InputError
-from pytorch_quantizer.stats_io import StatisticsFile, load_statistics, save_statistics
+from pytorch_quantizer.formats import stats_io
+from pytorch_quantizer.model import quantized_model as transform
+from pytorch_quantizer.quantizers.config import QuantConfig, TensorQuantSpec
+from pytorch_quantizer.errors import QuantizationError
+from pytorch_quantizer.formats.stats_io import StatisticsFile, load_statistics, save_statistics
+from pytorch_quantizer.model.calibration import collect_statistics
 
 ARCH = "fmnist_resnet20"
 LAYER = "layer1.0.conv1"
@@ -24,7 +26,7 @@ CONFIG = QuantConfig(activations=TensorQuantSpec(4, True, "laplace"), weights=Te
 
 
 def one_line_error(call, match: str, path) -> str:
-    with pytest.raises(InputError, match=match) as caught:
+    with pytest.raises(QuantizationError, match=match) as caught:
         call()
     message = str(caught.value)
     assert "\n" not in message and str(path) in message, message
@@ -40,7 +42,7 @@ def stats_source(tmp_path_factory):
     model = create_model(ARCH, random_init=True).eval()
     batch = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode(), transform.QuantizedModel(model, CONFIG, batch[:2]) as quantized:
-        accumulators = quantized.collect_statistics([(batch[:8], None), (batch[8:], None)], torch.device("cpu"))
+        accumulators = collect_statistics(quantized, [(batch[:8], None), (batch[8:], None)], torch.device("cpu"))
     path = tmp_path_factory.mktemp("stats") / f"{ARCH}.stats.pt"
     save_statistics(StatisticsFile(ARCH, 16, True, "input", "laplace", accumulators), path)
     return path, sorted(accumulators)
@@ -61,7 +63,7 @@ def rewritten(source, tmp_path, edit):
 
 
 def load(path, layers, per_channel=True):
-    return load_statistics(path, ARCH, per_channel, "input", layers)
+    return load_statistics(path, ARCH, per_channel, "input", layers, FIX, ("-pcq_a", "--act-quant-point"))
 
 
 def set_entry(key, value, layer=LAYER):
@@ -244,9 +246,9 @@ def test_random_bytes_are_always_an_input_error(stats_source, tmp_path, content)
     _, layers = stats_source
     path = tmp_path / "random.pt"
     path.write_bytes(content)
-    with pytest.raises(InputError):
+    with pytest.raises(QuantizationError):
         create_model(ARCH, weights=path)
-    with pytest.raises(InputError):
+    with pytest.raises(QuantizationError):
         load(path, layers)
 
 
@@ -254,7 +256,7 @@ def test_random_bytes_are_always_an_input_error(stats_source, tmp_path, content)
 @given(data=st.data())
 def test_damaged_statistics_load_or_give_an_input_error(stats_source, tmp_path, data):
     """Bytes of a real file overwritten anywhere: the result is the original statistics (an
-    unread region) or an InputError, never another exception."""
+    unread region) or an QuantizationError, never another exception."""
     source, layers = stats_source
     original = source.read_bytes()
     offset = data.draw(st.integers(0, len(original) - 1))
@@ -263,7 +265,7 @@ def test_damaged_statistics_load_or_give_an_input_error(stats_source, tmp_path, 
     path.write_bytes(original[:offset] + patch + original[offset + len(patch):])
     try:
         loaded = load(path, layers)
-    except InputError as error:
+    except QuantizationError as error:
         assert "\n" not in str(error)
     else:
         assert loaded.layers[LAYER].batches == 2

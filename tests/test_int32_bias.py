@@ -1,4 +1,4 @@
-"""--int32-bias (``pytorch_quantizer.int32_bias``): biases on the accumulator grid s_x s_w, raised
+"""--int32-bias (``pytorch_quantizer.maths.int32_bias``): biases on the accumulator grid s_x s_w, raised
 weight scales where a bias would not fit, and the simulator then agreeing more closely with an
 integer runtime."""
 import json
@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from pytorch_quantizer.adaround import Grid
-from pytorch_quantizer.int32_bias import CODE_LIMIT, accumulator_bias
+from pytorch_quantizer.maths.weight_grid import Grid
+from pytorch_quantizer.maths.int32_bias import CODE_LIMIT, accumulator_bias
 
 
 def test_bias_lands_on_the_accumulator_grid_within_half_a_step():
@@ -76,11 +76,6 @@ def test_int32_bias_refusals_exit_2_with_one_line(run_cli, tmp_path, flags, mess
 
 
 def test_the_model_holds_grid_biases_and_its_float_model_the_float_ones():
-    import sys
-
-    from conftest import REPO_ROOT
-
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
     from test_onnx_export import calibrated
 
     quantized, _ = calibrated("-pcq_w", "--qtype", "int8", "-qw", "int8", "-sm", "use", "--int32-bias")

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from kernel_support import AXES, LAYOUTS, in_layout, kernel_ops, needs_cuda, reset_backend  # noqa: F401
 from kernels import build
-from pytorch_quantizer import backend, primitives
-from pytorch_quantizer.errors import InputError
-from pytorch_quantizer.stats import compute_stats
+from pytorch_quantizer.quantizers import backend
+from pytorch_quantizer.maths import primitives
+from pytorch_quantizer.errors import QuantizationError
+from pytorch_quantizer.maths.stats import compute_stats
 
 ops = kernel_ops()
 
@@ -289,21 +290,21 @@ def test_backend_reference_and_auto_fallback(monkeypatch, caplog):
     assert backend.active_backend() == "reference"
     monkeypatch.setattr(build, "load_cpu", lambda: False)
     backend.set_backend("auto")
-    with caplog.at_level(logging.WARNING, logger="pytorch_quantizer.backend"):
+    with caplog.at_level(logging.WARNING, logger="pytorch_quantizer.quantizers.backend"):
         x = sample((2, 3, 4))
         for _ in range(3):
             backend.compute_stats(x, 1)
         assert backend.active_backend() == "reference"
     assert len([r for r in caplog.records if "unavailable" in r.message]) == 1
     backend.set_backend("kernels")
-    with pytest.raises(InputError, match="kernels/build.py"):
+    with pytest.raises(QuantizationError, match="kernels/build.py"):
         backend.active_backend()
-    with pytest.raises(InputError, match="unknown backend"):
+    with pytest.raises(QuantizationError, match="unknown backend"):
         backend.set_backend("fast")
 
 
 def test_importing_the_backend_loads_nothing():
-    script = ("import sys, torch, pytorch_quantizer.backend; "
+    script = ("import sys, torch, pytorch_quantizer.quantizers.backend; "
               "assert not torch.ops.loaded_libraries and 'kernels.build' not in sys.modules")
     subprocess.run([sys.executable, "-c", script], check=True, cwd=build.KERNELS_DIR.parent)
 

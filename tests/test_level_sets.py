@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytorch_quantizer import level_sets, n2uq
-from pytorch_quantizer.level_sets import LevelFamily
+from pytorch_quantizer.maths import level_sets, n2uq
+from pytorch_quantizer.maths.level_sets import LevelFamily
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

@@ -9,7 +9,7 @@ from inference.allocator import OPT_OUT, TUNED_MALLOC, tuned_environment
 from inference.data import LoaderOptions, evaluation_loader
 from inference.image_batches import ThreadedImageBatches
 from inference.image_files import LabelledImageFiles
-from inference.models import REPO_ROOT, get_model_spec
+from inference.models import get_model_spec
 
 
 def test_decoding_threads_yield_the_same_batches_in_order():
@@ -46,10 +46,10 @@ def test_tuned_environment_adds_only_what_the_user_has_not_set():
 
 
 def test_the_process_reexecutes_once_with_the_tuned_thresholds():
-    script = ("import os, sys; sys.path.insert(0, sys.argv[1]); "
+    script = ("import os, sys; "
               "from inference.allocator import reexecute_with_tuned_malloc; reexecute_with_tuned_malloc(); "
-              "print(os.environ['MALLOC_MMAP_THRESHOLD_'], os.environ['MALLOC_TRIM_THRESHOLD_'], sys.argv[2])")
+              "print(os.environ['MALLOC_MMAP_THRESHOLD_'], os.environ['MALLOC_TRIM_THRESHOLD_'], sys.argv[1])")
     environment = {key: value for key, value in os.environ.items() if key not in TUNED_MALLOC and key != OPT_OUT}
-    output = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT), "kept"], env=environment,
+    output = subprocess.run([sys.executable, "-c", script, "kept"], env=environment,
                             capture_output=True, text=True, check=True).stdout.split()
     assert output == [TUNED_MALLOC["MALLOC_MMAP_THRESHOLD_"], TUNED_MALLOC["MALLOC_TRIM_THRESHOLD_"], "kept"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inference.errors import UserError
-from pytorch_quantizer.errors import InputError
+from pytorch_quantizer.errors import QuantizationError
 from inference.models import (
     TORCHVISION_V1_FILES, create_model, get_model_spec, list_models, load_state_dict_file,
 )
@@ -103,5 +103,5 @@ def test_bad_weight_files_are_refused(tmp_path, content, message):
         torch.save({"conv1.weight": [1, 2, 3]}, path)
     else:
         path.write_bytes(content)
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(QuantizationError, match=message):
         create_model("resnet18", weights=path)

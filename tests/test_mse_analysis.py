@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis import mse_analysis
-from pytorch_quantizer.aciq import mse_formula, optimal_ratio
+from pytorch_quantizer.maths.aciq import mse_formula, optimal_ratio
 
 # DESIGN.md section 3, "ACIQ clipping": alpha* / b and alpha* / sigma for M = 1..8 (numerical minimum)
 # and the seed's truncated constants.

@@ -1,17 +1,14 @@
 """analysis/onnx_deployment.py in quick mode: one exported and verified row, resumable."""
-import sys
 
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "analysis"))
 
 
 def test_quick_deployment_table_agrees_with_the_simulator_and_resumes(tmp_path, monkeypatch):
-    import onnx_deployment
-    import report
+    from analysis import onnx_deployment
+    from analysis import report
 
     argv = ["--quick", "--out", str(tmp_path), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     assert onnx_deployment.main(argv) == 0

@@ -1,4 +1,4 @@
-"""ONNX QDQ export (``pytorch_quantizer.onnx_export``, --export-onnx / --verify-onnx): every quantized
+"""ONNX QDQ export (``pytorch_quantizer.export.onnx``, --export-onnx / --verify-onnx): every quantized
 tensor has its QDQ pair with the simulator's scale and zero point (read back with the onnx API),
 onnxruntime's logits match the simulator's on a fixed batch, refused recipes exit 2 with one line,
 and a W4A8 export (4-bit weight initializers) runs in onnxruntime."""
@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from inference.fashion_mnist import DEFAULT_DIR, InMemoryImages, load_split
+from pytorch_quantizer.model.calibration import collect_statistics
+from pytorch_quantizer.model.weights import weight_grid
 
 MODEL = "fmnist_mobilenet"
 
@@ -20,7 +22,7 @@ def calibrated(*flags: str):
     from inference.models import create_model, get_model_spec
     from inference.quant_flags import quant_config_from_args
     from inference.simulate import reduced
-    from pytorch_quantizer.transform import QuantizedModel
+    from pytorch_quantizer.model.quantized_model import QuantizedModel
 
     config = quant_config_from_args(build_parser().parse_args(["-a", MODEL, *flags]), get_model_spec(MODEL))
     train = InMemoryImages(*load_split(DEFAULT_DIR, "train"))
@@ -28,14 +30,14 @@ def calibrated(*flags: str):
     calibration = [train[list(range(start, start + 128))] for start in (0, 128)]
     batch = test[list(range(200))][0]
     quantized = QuantizedModel(create_model(MODEL), config, batch[:2]).__enter__()
-    accumulators = quantized.collect_statistics(calibration, torch.device("cpu"))
+    accumulators = collect_statistics(quantized, calibration, torch.device("cpu"))
     quantized.use_statistics(reduced(accumulators, "mean", quantized.kept_layers()))
     return quantized, batch
 
 
 @pytest.fixture(scope="module")
 def w8a8():
-    from pytorch_quantizer.onnx_export import export_qdq
+    from pytorch_quantizer.export.onnx import export_qdq
 
     quantized, batch = calibrated("-pcq_w", "--qtype", "int8", "-qw", "int8")
     proto, encodings = export_qdq(quantized, batch[:1])
@@ -63,7 +65,7 @@ def test_every_quantized_tensor_has_its_qdq_pair_with_the_simulators_grid(w8a8):
             assert initializer(proto, node.input[2]) == float(plan.zero_point)
         assert pair[0].output[0] == pair[1].input[0]
     for name in quantized.plans:
-        grid = quantized.weight_grid(name)
+        grid = weight_grid(quantized, name)
         dequantize = nodes[f"{name}.weight_quantized/DequantizeLinear"]
         assert initializer(proto, dequantize.input[1]) == pytest.approx(grid.scale.double().numpy(), rel=1e-7)
         codes, zero_point = initializer(proto, dequantize.input[0]), initializer(proto, dequantize.input[2])

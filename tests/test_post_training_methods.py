@@ -1,18 +1,15 @@
 """analysis/post_training_methods.py in quick mode: nearest, AdaRound and block reconstruction rows,
 one mlflow run each, learning time recorded, resumable."""
-import sys
 
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "analysis"))
 
 
 def test_quick_methods_table_records_learning_and_resumes(tmp_path, monkeypatch):
-    import post_training_methods
-    import report
+    from analysis import post_training_methods
+    from analysis import report
 
     out = tmp_path / "methods"
     argv = ["--quick", "--out", str(out), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
@@ -34,7 +31,7 @@ def test_quick_methods_table_records_learning_and_resumes(tmp_path, monkeypatch)
 
 
 def test_full_plan_has_every_method_at_both_precisions_with_learning_settings():
-    import post_training_methods
+    from analysis import post_training_methods
 
     rows = post_training_methods.planned_rows("efficientnet_lite0", quick=False)
     assert len(rows) == 10

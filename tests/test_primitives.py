@@ -2,7 +2,7 @@
 import torch
 from hypothesis import given, settings, strategies as st
 
-from pytorch_quantizer import primitives
+from pytorch_quantizer.maths import primitives
 
 
 def tensors(min_dims=1, max_dims=4):

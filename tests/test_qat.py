@@ -8,10 +8,11 @@ import torch
 
 from inference import fashion_mnist
 from inference.models import create_model
-from pytorch_quantizer import families, qat
-from pytorch_quantizer.config import ActQuantPoint, QuantConfig, TensorQuantSpec, WeightKind
-from pytorch_quantizer.qat_io import load_qat, save_qat
-from pytorch_quantizer.transform import QuantizedModel
+from pytorch_quantizer.methods import family_calibration, qat
+from pytorch_quantizer.quantizers.config import ActQuantPoint, QuantConfig, TensorQuantSpec, WeightKind
+from pytorch_quantizer.formats.qat_io import layer_shapes, load_qat, save_qat
+from pytorch_quantizer.methods.trained_state import trained_state, use_trained_state
+from pytorch_quantizer.model.quantized_model import QuantizedModel
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_a_qat_step_changes_the_weights_and_lowers_the_loss_on_a_fixed_batch(fix
         act_quant_point=ActQuantPoint.INPUT, keep_8bit=("conv1", "fc"))
     model = create_model("fmnist_resnet20")
     with QuantizedModel(model, config, inputs[:2]) as quantized:
-        quantized.family_activations.use(families.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
+        quantized.family_activations.use(family_calibration.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
         before = quantized.model.get_submodule("layer1.0.conv1").weight.detach().clone()
         outcome = qat.fine_tune(quantized, [(inputs, labels)], epochs=6, lr=1e-4, device=torch.device("cpu"))
         after = quantized.model.get_submodule("layer1.0.conv1").weight.detach()
@@ -52,7 +53,7 @@ def test_apot_alpha_is_learned_and_evaluation_uses_it(fixed_batch):
     inputs, labels = fixed_batch
     model = create_model("fmnist_resnet20")
     with QuantizedModel(model, w2a2(WeightKind.APOT), inputs[:2]) as quantized:
-        quantized.family_activations.use(families.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
+        quantized.family_activations.use(family_calibration.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
         calibrated = quantized.family_activations.plans["layer2.0.conv1"].scale.clone()
         qat.fine_tune(quantized, [(inputs, labels)], epochs=3, lr=1e-2, device=torch.device("cpu"))
         assert quantized.family_activations.plans["layer2.0.conv1"].scale.item() != pytest.approx(calibrated.item(), rel=1e-6)
@@ -63,19 +64,19 @@ def test_a_saved_qat_model_reloads_to_identical_logits(fixed_batch, tmp_path):
     config = w2a2(WeightKind.N2UQ)
     path = tmp_path / "qat.pt"
     with QuantizedModel(create_model("fmnist_resnet20"), config, inputs[:2]) as quantized:
-        quantized.family_activations.use(families.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
+        quantized.family_activations.use(family_calibration.calibrate_activations(quantized, [(inputs, labels)], torch.device("cpu")))
         qat.fine_tune(quantized, [(inputs, labels)], epochs=2, lr=1e-3, device=torch.device("cpu"))
         with torch.no_grad():
             trained = quantized.model(inputs)
-        save_qat(path, quantized, "fmnist_resnet20", "n2uq2/n2uq2")
+        save_qat(path, trained_state(quantized), "fmnist_resnet20", "n2uq2/n2uq2")
     with QuantizedModel(create_model("fmnist_resnet20"), config, inputs[:2]) as reloaded:
-        load_qat(path, reloaded, "fmnist_resnet20", "n2uq2/n2uq2")
+        use_trained_state(reloaded, load_qat(path, "fmnist_resnet20", "n2uq2/n2uq2", layer_shapes(reloaded), "fix"))
         with torch.no_grad():
             assert torch.equal(reloaded.model(inputs), trained)
     with QuantizedModel(create_model("fmnist_resnet20"), config, inputs[:2]) as other:
         with pytest.raises(Exception, match="was trained for 'fmnist_resnet20' with 'n2uq2/n2uq2', not fmnist_resnet20 "
                                             "with 'apot2'"):
-            load_qat(path, other, "fmnist_resnet20", "apot2")
+            load_qat(path, "fmnist_resnet20", "apot2", layer_shapes(other), "fix")
 
 
 def test_cli_qat_logs_the_training_curve_and_beats_post_training(run_cli, tmp_path):
@@ -125,7 +126,7 @@ def test_qat_without_a_training_split_names_the_fix(run_cli, tmp_path):
 
 
 def test_trained_weight_codes_relabel_the_levels_in_use():
-    from pytorch_quantizer.layer_measures import value_codes
+    from pytorch_quantizer.model.layer_measures import value_codes
 
     values = torch.tensor([[0.5, -0.5, 0.5], [2.0, 2.0, -1.0]])
     assert value_codes(values, per_channel=True).tolist() == [[1, 0, 1], [1, 1, 0]]

@@ -1,18 +1,15 @@
 """analysis/quantizer_families.py in quick mode: post-training and QAT rows of the other seeds'
 kinds, one mlflow run each, resumable, and QAT above post-training at W2A2."""
-import sys
 
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "analysis"))
 
 
 def test_quick_families_table_has_qat_above_post_training_and_resumes(tmp_path, monkeypatch):
-    import quantizer_families
-    import report
+    from analysis import quantizer_families
+    from analysis import report
 
     out = tmp_path / "families"
     argv = ["--quick", "--models", "fmnist_resnet20", "--out", str(out), "--mlflow-uri",

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from pytorch_quantizer import families, level_sets
-from pytorch_quantizer.config import WeightKind, parse_qtype
-from pytorch_quantizer.errors import InputError
-from pytorch_quantizer.level_sets import LevelFamily
+from pytorch_quantizer.quantizers import families
+from pytorch_quantizer.maths import level_sets
+from pytorch_quantizer.quantizers.config import WeightKind, parse_qtype
+from pytorch_quantizer.errors import QuantizationError
+from pytorch_quantizer.maths.level_sets import LevelFamily
 
 
 @pytest.mark.parametrize("text, for_weights, expected", [
@@ -20,7 +21,7 @@ from pytorch_quantizer.level_sets import LevelFamily
 ])
 def test_kinds_parse_with_their_bits(text, for_weights, expected):
     if expected is None:
-        with pytest.raises(InputError, match="needs a bit width, e.g. n2uq4"):
+        with pytest.raises(QuantizationError, match="needs a bit width, e.g. n2uq4"):
             parse_qtype(text, True)
         return
     assert parse_qtype(text, for_weights) == expected
@@ -36,7 +37,7 @@ def test_kinds_parse_with_their_bits(text, for_weights, expected):
     ("binary2", True, "binary takes no bit width (it is 1-bit); write binary"),
 ])
 def test_bad_kinds_name_the_problem(text, for_weights, message):
-    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(QuantizationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_qtype(text, for_weights)
 
 

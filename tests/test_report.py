@@ -2,14 +2,11 @@
 seed-ordering sentence, and the ImageNet development rows replaced by the foolbox photos (with a
 note) when ../shared is absent."""
 import sqlite3
-import sys
 
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "analysis"))
 
 
 def finished_runs(uri: str, experiment: str) -> int:
@@ -19,7 +16,7 @@ def finished_runs(uri: str, experiment: str) -> int:
 
 
 def test_quick_report_on_fashion_mnist_is_one_run_per_row_and_resumable(tmp_path, capsys, monkeypatch):
-    import report
+    from analysis import report
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = ["--quick", "--models", "fmnist_resnet20", "--no-figures", "--out", str(tmp_path / "report"),
@@ -46,7 +43,7 @@ def test_quick_report_on_fashion_mnist_is_one_run_per_row_and_resumable(tmp_path
 
 
 def test_without_the_development_photos_the_report_says_so_and_uses_the_foolbox_photos(tmp_path, capsys, monkeypatch):
-    import report
+    from analysis import report
 
     monkeypatch.setattr(report, "DEVELOPMENT_PHOTOS", tmp_path / "absent")
     models, notes = report.plan_models(list(report.IMAGENET_MODELS), development_photos=False)
@@ -58,7 +55,7 @@ def test_without_the_development_photos_the_report_says_so_and_uses_the_foolbox_
 
 
 def test_the_ordering_sentence_reads_the_rows():
-    import report
+    from analysis import report
 
     table = pd.DataFrame({"recipe": ["W4A4 naive", report.SEED_FULL, "4-bit activations, 2-std clipping",
                                      "W4A4 + bias corr (W) only", "the same with offline statistics"],
@@ -70,7 +67,7 @@ def test_the_ordering_sentence_reads_the_rows():
 
 
 def test_skipped_rows_are_not_run_and_the_table_lists_them_as_not_run(tmp_path, monkeypatch):
-    import report
+    from analysis import report
 
     ran = []
 
@@ -89,7 +86,7 @@ def test_skipped_rows_are_not_run_and_the_table_lists_them_as_not_run(tmp_path, 
 
 
 def test_a_skip_pattern_matching_no_row_is_refused(capsys):
-    import report
+    from analysis import report
 
     with pytest.raises(SystemExit) as exit_info:
         report.main(["--skip-rows", "*kdl*", "--no-figures"])
@@ -99,7 +96,7 @@ def test_a_skip_pattern_matching_no_row_is_refused(capsys):
 
 def test_quick_report_without_the_development_photos_runs_the_foolbox_photos_and_says_why(tmp_path, capsys,
                                                                                           monkeypatch):
-    import report
+    from analysis import report
 
     monkeypatch.setattr(report, "DEVELOPMENT_PHOTOS", tmp_path / "absent")
     out = tmp_path / "report"
@@ -113,15 +110,15 @@ def test_quick_report_without_the_development_photos_runs_the_foolbox_photos_and
     assert "the 20 ImageNet photos shipped in foolbox" in (out / "efficientnet_lite0.md").read_text()
 
 
-def test_update_readme_replaces_only_the_marked_block(tmp_path):
-    import report
+def test_update_docs_replaces_only_the_marked_block(tmp_path):
+    from analysis import report
 
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.README_BEGIN}\nold table\n{report.README_END}\noutro\n")
-    report.update_readme(readme, ["### fmnist_resnet20\n\n| a |\n", "### efficientnet_lite0\n\n| b |\n"])
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith(f"{report.README_END}\noutro\n") and "old table" not in text
+    page = tmp_path / "results.md"
+    page.write_text(f"intro\n{report.REPORT_BEGIN}\nold table\n{report.REPORT_END}\noutro\n")
+    report.update_docs(page, ["### fmnist_resnet20\n\n| a |\n", "### efficientnet_lite0\n\n| b |\n"])
+    text = page.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{report.REPORT_END}\noutro\n") and "old table" not in text
     assert "#### fmnist_resnet20" in text and "#### efficientnet_lite0" in text
-    readme.write_text("no markers\n")
+    page.write_text("no markers\n")
     with pytest.raises(ValueError, match="needs one <!-- report tables: begin -->"):
-        report.update_readme(readme, ["x"])
+        report.update_docs(page, ["x"])

@@ -66,13 +66,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pytorch_quantizer import allocation, backend, primitives
-from pytorch_quantizer.bias_correction import correct_positive_outputs, correct_weights
-from pytorch_quantizer.config import BitRounding, Prior, QuantConfig, TensorQuantSpec
-from pytorch_quantizer.departures import Departures
-from pytorch_quantizer.observers import ObservedLayer, observe
-from pytorch_quantizer.quantizer import apply_plan, plan_quantization
-from pytorch_quantizer.transform import QuantizedModel
+from pytorch_quantizer.maths import allocation, primitives
+from pytorch_quantizer.quantizers import backend
+from pytorch_quantizer.maths.bias_correction import correct_positive_outputs, correct_weights
+from pytorch_quantizer.quantizers.config import BitRounding, Prior, QuantConfig, TensorQuantSpec
+from pytorch_quantizer.maths.departures import Departures
+from pytorch_quantizer.model.observers import ObservedLayer, observe
+from pytorch_quantizer.quantizers.quantizer import apply_plan, plan_quantization
+from pytorch_quantizer.model.quantized_model import QuantizedModel
+from pytorch_quantizer.model.calibration import collect_statistics
 
 F32_EPS = float(torch.finfo(torch.float32).eps)
 
@@ -587,7 +589,7 @@ def test_per_channel_bits_with_a_zero_bit_channel(kind, granularity):
     The raw parameters give the seed's 0-bit output -z * 1e-8 bit for bit; the planning path maps
     0-bit channels through quantizer.zero_bit_channels to lo exactly, which is the seed's constant
     to within half its 1e-8 scale plus float32 rounding (difference 5)."""
-    from pytorch_quantizer.quantizer import zero_bit_channels
+    from pytorch_quantizer.quantizers.quantizer import zero_bit_channels
 
     shape, data_axis, axis = GRANULARITIES[granularity]
     x = make_tensor(kind, shape, data_axis, seed=5)
@@ -1042,7 +1044,7 @@ def test_end_to_end_activation_bias_correction_equals_seed():
                          bias_correct_activations=True, keep_8bit=())
     calibration, evaluated = batches[:2], batches[2]
     with QuantizedModel(model, config, evaluated[:2]) as quantized:
-        accumulators = quantized.collect_statistics([(batch, None) for batch in calibration], torch.device("cpu"))
+        accumulators = collect_statistics(quantized, [(batch, None) for batch in calibration], torch.device("cpu"))
         quantized.use_statistics({name: acc.reduce("mean") for name, acc in accumulators.items()})
         captured = {}
 
@@ -1107,7 +1109,7 @@ def test_collected_statistics_equal_seed(per_channel, batch_avg):
     spec = TensorQuantSpec(4, per_channel, "laplace")
     config = QuantConfig(activations=spec, weights=TensorQuantSpec(4, True))
     with QuantizedModel(model, config, batches[0][:2]) as quantized:
-        accumulators = quantized.collect_statistics([(batch, None) for batch in batches], torch.device("cpu"),
+        accumulators = collect_statistics(quantized, [(batch, None) for batch in batches], torch.device("cpu"),
                                                     image_averaged_range=batch_avg)
     outputs = {"conv1": [], "conv2": [], "fc": []}
     with torch.no_grad():

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from kernel_support import AXES, LAYOUTS, in_layout, kernel_ops, needs_cuda, reset_backend  # noqa: F401
 from kernels import build
-from pytorch_quantizer import backend, primitives
+from pytorch_quantizer.quantizers import backend
+from pytorch_quantizer.maths import primitives
 
 ops = kernel_ops()
 NAN, INF = float("nan"), float("inf")

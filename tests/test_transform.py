@@ -7,11 +7,14 @@ import torch
 from torch import nn
 
 from inference.models import create_model
-from pytorch_quantizer.config import ActQuantPoint, QuantConfig, StatsKind, TensorQuantSpec
-from pytorch_quantizer.departures import Departures
-from pytorch_quantizer.errors import InputError
-from pytorch_quantizer.stats_io import StatisticsFile, load_statistics, save_statistics
-from pytorch_quantizer import stats_io, transform
+from pytorch_quantizer.quantizers.config import ActQuantPoint, QuantConfig, StatsKind, TensorQuantSpec
+from pytorch_quantizer.maths.departures import Departures
+from pytorch_quantizer.errors import QuantizationError
+from pytorch_quantizer.formats.stats_io import StatisticsFile, load_statistics, save_statistics
+from pytorch_quantizer.formats import stats_io
+from pytorch_quantizer.model import quantized_model as transform
+from pytorch_quantizer.model import weights as model_weights
+from pytorch_quantizer.model.calibration import collect_statistics
 
 W4A4 = dict(activations=TensorQuantSpec(4, True, "laplace", bit_allocation=True),
             weights=TensorQuantSpec(4, True, "laplace", bit_allocation=True), bias_correct_weights=True,
@@ -63,9 +66,9 @@ def test_layer_policy_keeps_first_and_last_layers_at_8_bits(model, batch):
 
 def test_weights_are_quantized_once_and_hooks_are_removed_on_exit(model, batch, monkeypatch):
     calls = []
-    original = transform.QuantizedModel.quantize_weight
-    monkeypatch.setattr(transform.QuantizedModel, "quantize_weight",
-                        lambda self, *args: calls.append(args[0]) or original(self, *args))
+    original = model_weights.quantize_weight
+    monkeypatch.setattr(model_weights, "quantize_weight",
+                        lambda quantized, name: calls.append(name) or original(quantized, name))
     with transform.QuantizedModel(model, QuantConfig(**W4A4), batch[:2]) as quantized:
         weight_after_entry = quantized.model.layer1[0].conv1.weight.clone()
         with torch.inference_mode():
@@ -76,6 +79,9 @@ def test_weights_are_quantized_once_and_hooks_are_removed_on_exit(model, batch, 
         assert "layer1.0.conv1" in hooked and "conv1" in hooked
     assert len(calls) == len(set(calls)) == 22
     assert not any(module._forward_pre_hooks or module._forward_hooks for module in quantized.model.modules())
+    # on exit the copy gets its float (BN-folded) weights back: never left half quantized
+    assert not torch.equal(weight_after_entry, quantized.model.layer1[0].conv1.weight)
+    assert torch.equal(quantized.model.layer1[0].conv1.weight, quantized.float_params["layer1.0.conv1"][0])
 
 
 def test_output_point_fuses_relu_as_half_range(model, batch):
@@ -120,7 +126,7 @@ def test_collected_statistics_reproduce_on_the_fly_quantization(model, batch, tm
                             "activations": TensorQuantSpec(4, True, clipping, bit_allocation=clipping == "laplace")})
     with torch.inference_mode(), transform.QuantizedModel(model, config, batch[:2]) as quantized:
         on_the_fly = quantized.model(batch)
-        accumulators = quantized.collect_statistics([(batch, None)], torch.device("cpu"))
+        accumulators = collect_statistics(quantized, [(batch, None)], torch.device("cpu"))
     path = tmp_path / "stats.pt"
     save_statistics(StatisticsFile("fmnist_resnet20", len(batch), True, point.value, clipping, accumulators), path)
     loaded = load_statistics(path, "fmnist_resnet20", True, point.value, list(accumulators))
@@ -136,7 +142,7 @@ def test_collected_statistics_reproduce_on_the_fly_quantization(model, batch, tm
 def test_mean_and_max_reductions_over_batches(model, batch):
     config = QuantConfig(**W4A4)
     with torch.inference_mode(), transform.QuantizedModel(model, config, batch[:2]) as quantized:
-        accumulators = quantized.collect_statistics([(batch[:8], None), (batch[8:], None)], torch.device("cpu"))
+        accumulators = collect_statistics(quantized, [(batch[:8], None), (batch[8:], None)], torch.device("cpu"))
     layer = accumulators["layer2.0.conv1"]
     assert layer.batches == 2
     mean, widest = layer.reduce("mean"), layer.reduce("max")
@@ -147,7 +153,7 @@ def test_mean_and_max_reductions_over_batches(model, batch):
 @pytest.fixture
 def stats_file(model, batch, tmp_path):
     with torch.inference_mode(), transform.QuantizedModel(model, QuantConfig(**W4A4), batch[:2]) as quantized:
-        accumulators = quantized.collect_statistics([(batch, None)], torch.device("cpu"))
+        accumulators = collect_statistics(quantized, [(batch, None)], torch.device("cpu"))
     path = tmp_path / "fmnist_resnet20.stats.pt"
     save_statistics(StatisticsFile("fmnist_resnet20", 16, True, "input", "laplace", accumulators), path)
     return path, sorted(accumulators)
@@ -159,11 +165,11 @@ def load(path, layers, model_name="fmnist_resnet20", per_channel=True):
 
 def test_statistics_of_another_model_or_granularity_are_refused(stats_file):
     path, layers = stats_file
-    with pytest.raises(InputError, match="statistics of model fmnist_resnet20, not fmnist_mobilenet"):
+    with pytest.raises(QuantizationError, match="statistics of model fmnist_resnet20, not fmnist_mobilenet"):
         load(path, layers, model_name="fmnist_mobilenet")
-    with pytest.raises(InputError, match="per-channel statistics but this run quantizes activations per tensor"):
+    with pytest.raises(QuantizationError, match="per-channel statistics but this run quantizes activations per tensor"):
         load(path, layers, per_channel=False)
-    with pytest.raises(InputError, match="lacks statistics of layer extra.conv"):
+    with pytest.raises(QuantizationError, match="lacks statistics of layer extra.conv"):
         load(path, layers + ["extra.conv"])
 
 
@@ -178,15 +184,15 @@ def test_truncated_tampered_and_pickled_statistics_are_refused(stats_file):
     payload["layers"]["layer1.0.conv1"]["sum.max"] *= 2
     tampered = path.with_name("tampered.pt")
     torch.save(payload, tampered)
-    with pytest.raises(InputError, match="fails its checksum"):
+    with pytest.raises(QuantizationError, match="fails its checksum"):
         load(tampered, layers)
     truncated = path.with_name("truncated.pt")
     truncated.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(InputError, match="corrupt, truncated"):
+    with pytest.raises(QuantizationError, match="corrupt, truncated"):
         load(truncated, layers)
     evil = path.with_name("evil.pt")
     torch.save({"format": "ptq-statistics", "layers": Exploit()}, evil)
-    with pytest.raises(InputError, match="would execute pickled code"):
+    with pytest.raises(QuantizationError, match="would execute pickled code"):
         load(evil, layers)
 
 
@@ -215,7 +221,7 @@ def test_importing_the_library_solves_nothing_and_builds_nothing():
 
     from conftest import REPO_ROOT
 
-    probe = ("import sys, pytorch_quantizer.transform, pytorch_quantizer.backend; "
+    probe = ("import sys, pytorch_quantizer.model.quantized_model, pytorch_quantizer.quantizers.backend; "
              "print(sorted(name for name in ('scipy.optimize', 'torch.utils.cpp_extension', 'ptq_kernels_cpu') "
              "if name in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)

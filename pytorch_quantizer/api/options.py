@@ -1,0 +1,83 @@
+"""Options of the methods a recipe runs besides the quantizer itself (frozen, validated on creation)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from pytorch_quantizer.errors import QuantizationError
+
+DEFAULT_ROUNDING_STEPS = 1000
+DEFAULT_ROUNDING_BATCH = 32
+DEFAULT_QAT_LR = 1e-3  # chosen on the training loss of short runs, never on evaluated images
+
+
+class Rounding(str, Enum):
+    """How integer-grid weights are rounded: to nearest (the seed's), learned layer by layer
+    (AdaRound, Nagel et al. 2020) or block by block (BRECQ, Li et al. 2021)."""
+
+    NEAREST = "nearest"
+    ADAROUND = "adaround"
+    BLOCK = "block"
+
+
+@dataclass(frozen=True)
+class Methods:
+    """The methods published after the seed, applied around the quantizer.
+
+    ``equalize``: cross-layer equalization and high-bias absorption of the float model (Nagel et
+    al. 2019) before quantization. ``rounding``: learned rounding of integer-grid weights on the
+    calibration images, ``rounding_steps`` Adam steps of ``rounding_batch`` images per layer / block;
+    ``qdrop``: with block rounding, the probability that an activation element stays float while
+    learning (QDrop, Wei et al. 2022). ``qat_epochs``: quantization-aware fine-tuning of the other
+    seeds' kinds (STE) on labelled training batches at learning rate ``qat_lr``.
+    """
+
+    equalize: bool = False
+    rounding: Rounding | str = Rounding.NEAREST
+    qdrop: float = 0.0
+    rounding_steps: int = DEFAULT_ROUNDING_STEPS
+    rounding_batch: int = DEFAULT_ROUNDING_BATCH
+    qat_epochs: int = 0
+    qat_lr: float = DEFAULT_QAT_LR
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "rounding", Rounding(self.rounding))
+        except ValueError:
+            raise QuantizationError(f"Methods.rounding {self.rounding!r}: use one of "
+                                    f"{', '.join(repr(r.value) for r in Rounding)}", field="rounding") from None
+        if not 0.0 <= self.qdrop < 1.0:
+            raise QuantizationError(f"Methods.qdrop {self.qdrop} is not a probability in [0, 1)", field="qdrop")
+        if self.qdrop and self.rounding != Rounding.BLOCK:
+            raise QuantizationError("Methods.qdrop drops activation quantization while learning blocks: set "
+                                    "rounding='block'", code="qdrop_without_block", field="qdrop")
+        for name in ("rounding_steps", "rounding_batch"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise QuantizationError(f"Methods.{name} must be a positive integer, got {getattr(self, name)!r}",
+                                        field=name)
+        if not isinstance(self.qat_epochs, int) or self.qat_epochs < 0:
+            raise QuantizationError(f"Methods.qat_epochs must be a non-negative integer, got {self.qat_epochs!r}",
+                                    field="qat_epochs")
+        if not self.qat_lr > 0:
+            raise QuantizationError(f"Methods.qat_lr must be positive, got {self.qat_lr!r}", field="qat_lr")
+        if self.qat_epochs and (self.equalize or self.learns_rounding):
+            method = "equalize" if self.equalize else "rounding"
+            raise QuantizationError(f"Methods.{method} is a post-training method and qat_epochs replaces the weights "
+                                    "it works on: use one of them", code="post_training_with_qat", field=method)
+
+    @property
+    def learns_rounding(self) -> bool:
+        return self.rounding != Rounding.NEAREST
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Where activation ranges come from. ``per_batch``: each quantized batch's own statistics (the
+    seed's default, no calibration); else the calibration images' (fixed ranges).
+    ``image_averaged_range``: while calibrating, min / max as each image's averaged over a batch
+    (the seed's ``-sba``); ``both_granularities``: also observe the other granularity (per tensor /
+    per channel) in the same pass, for a statistics file that serves either."""
+
+    per_batch: bool = False
+    image_averaged_range: bool = False
+    both_granularities: bool = False

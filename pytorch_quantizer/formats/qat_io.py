@@ -1,0 +1,68 @@
+"""Saving and loading a fine-tuned (QAT) model's state (``trained_state.TrainedState``): a plain dict
+of tensors, loaded with ``weights_only=True`` and checked against the model before use.
+
+Layout: {"format": "ptq-qat", "version": 1, "model": model name, "recipe": text of the quantizer
+kinds, "layers": {name: {"weight": quantized weight, "float_weight": trained float weight, "bias":
+bias or absent}}, "activation_plans": {name: {"scale", "thresholds", "values"}}} with the layers of
+the BN-folded model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pytorch_quantizer.errors import QuantizationError
+from pytorch_quantizer.formats.safe_io import load_tool_file, write_atomically
+from pytorch_quantizer.methods.trained_state import TrainedState
+from pytorch_quantizer.quantizers.families import LevelPlan
+
+FORMAT, VERSION = "ptq-qat", 1
+
+
+def save_qat(path: Path, state: TrainedState, model_name: str, recipe: str) -> None:
+    plans = {name: {"scale": plan.scale.detach().cpu(), "thresholds": plan.thresholds.detach().cpu(),
+                    "values": plan.values.detach().cpu()} for name, plan in state.activation_plans.items()}
+    payload = {"format": FORMAT, "version": VERSION, "model": model_name, "recipe": recipe, "layers": state.layers,
+               "activation_plans": plans}
+    write_atomically(path, lambda temporary: torch.save(payload, temporary))
+
+
+def load_qat(path: Path, model_name: str, recipe: str, shapes: dict[str, tuple[torch.Size, torch.Size | None]],
+             fix: str) -> TrainedState:
+    """A saved fine-tuned state, after checking format, model, recipe, layer names, shapes and
+    finiteness; ``shapes``: {layer: (weight shape, bias shape or None)} of the model it is for."""
+    if not path.is_file():
+        raise QuantizationError(f"{path}: no such QAT file; {fix}", code="missing_file")
+    payload = load_tool_file(path, FORMAT, VERSION, "QAT file", fix)
+    if payload.get("model") != model_name or payload.get("recipe") != recipe:
+        raise QuantizationError(f"{path} was trained for {payload.get('model')!r:.40} with {payload.get('recipe')!r:.80}, "
+                                f"not {model_name} with {recipe!r}; {fix}")
+    layers, plans = payload.get("layers"), payload.get("activation_plans")
+    if not isinstance(layers, dict) or set(layers) != set(shapes) or not isinstance(plans, dict):
+        raise QuantizationError(f"{path}: its layers are not those of {model_name}; {fix}")
+    for name, entry in layers.items():
+        weight_shape, bias_shape = shapes[name]
+        for key, shape in (("weight", weight_shape), ("float_weight", weight_shape), ("bias", bias_shape)):
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if shape is None and key == "bias":
+                continue
+            fits = isinstance(value, torch.Tensor) and value.shape == shape
+            if not fits or not bool(torch.isfinite(value).all()):
+                raise QuantizationError(f"{path}: layer {name} {key} is missing, of another shape or not finite; {fix}")
+    loaded_plans = {}
+    for name, entry in plans.items():
+        tensors = [entry.get(key) if isinstance(entry, dict) else None for key in ("scale", "thresholds", "values")]
+        if name not in shapes or not all(isinstance(value, torch.Tensor) for value in tensors):
+            raise QuantizationError(f"{path}: activation plan {name!r:.60} is not a layer's plan; {fix}")
+        loaded_plans[name] = LevelPlan(*(value.float() for value in tensors))
+    return TrainedState(layers, loaded_plans)
+
+
+def layer_shapes(quantized) -> dict[str, tuple[torch.Size, torch.Size | None]]:
+    """{layer: (weight shape, bias shape or None)} of a ``QuantizedModel``, for ``load_qat``."""
+    shapes = {}
+    for name in quantized.float_params:
+        module = quantized.model.get_submodule(name)
+        shapes[name] = (module.weight.shape, module.bias.shape if module.bias is not None else None)
+    return shapes

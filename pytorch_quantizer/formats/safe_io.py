@@ -1,0 +1,105 @@
+"""Loading user-supplied torch files without executing pickled code; writing files atomically."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from pytorch_quantizer.errors import QuantizationError
+
+
+def safe_torch_load(path: Path, fix: str):
+    """``torch.load(path, weights_only=True)`` with every failure turned into a one-line QuantizationError.
+
+    ``fix`` tells the user what to pass instead. A file that holds pickled Python objects other than
+    tensors and plain containers is refused (its code is never run).
+    """
+    import torch
+
+    if has_no_torch_save_header(path):
+        raise QuantizationError(f"{path} is corrupt, truncated or not a torch.save file (it starts with neither a zip "
+                         f"archive nor a pickle); {fix}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        if unsafe:
+            detail = unsafe[0].removeprefix("WeightsUnpickler error:").strip().split(" was not", 1)[0]
+            raise QuantizationError(f"{path} would execute pickled code ({detail[:120]}); refusing to load it; {fix}") from None
+        raise QuantizationError(f"{path} is corrupt, truncated or not a torch.save file; {fix}") from None
+    except IsADirectoryError:
+        raise QuantizationError(f"{path} is a folder, not a file; {fix}") from None
+    except PermissionError:
+        raise QuantizationError(f"{path} cannot be read (permission denied); {fix}") from None
+    except Exception as error:  # noqa: BLE001 - whatever torch.load trips over, the cause is the file's content
+        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        raise QuantizationError(f"{path} is corrupt, truncated or not a torch.save file ({reason}); {fix}") from None
+
+
+TORCH_SAVE_HEADERS = (b"PK\x03\x04", b"\x80")  # the zip format since torch 1.6; the legacy pickle format
+
+
+def load_tool_file(path: Path, file_format: str, version: int, description: str, fix: str) -> dict:
+    """A tensor-dict file this tool wrote (``{"format": file_format, "version": version, ...}``),
+    loaded safely; QuantizationError naming ``description`` when it is another kind of file."""
+    payload = safe_torch_load(path, fix)
+    if not isinstance(payload, dict) or payload.get("format") != file_format or payload.get("version") != version:
+        raise QuantizationError(f"{path} is not a {description} of this tool (format {file_format} version {version}); {fix}")
+    return payload
+
+
+def has_no_torch_save_header(path: Path) -> bool:
+    """True for a readable file that cannot be a torch.save file (text, an image, random bytes):
+    said so plainly instead of letting the unpickler read text as opcodes (a leading ``c`` is GLOBAL)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False  # torch.load reports it below
+    return bool(head) and not head.startswith(TORCH_SAVE_HEADERS)
+
+
+def temporary_prefix(path: Path, pid: int) -> str:
+    return f".{path.name}.{pid}."
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files that a writer of ``path`` left behind when it was killed (its process
+    id, in the file name, no longer runs); files of live writers are left alone."""
+    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
+        pid_text = candidate.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            candidate.unlink(missing_ok=True)
+        except PermissionError:  # another user's live process
+            continue
+
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """``write(temporary_path)`` into a temporary file beside ``path``, then rename it over ``path``:
+    a reader never sees half a file and an interrupted write leaves the previous file intact.
+    Temporaries of killed earlier writers are removed first; a full or read-only location is an
+    QuantizationError naming the file."""
+    try:
+        remove_stale_temporaries(path)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path, os.getpid()), suffix=".tmp")
+        os.close(handle)
+    except OSError as error:
+        raise QuantizationError(f"cannot write {path}: {error.strerror or error}; choose a writable folder") from None
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise QuantizationError(f"cannot write {path}: {error.strerror or error}; free space or choose another location") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

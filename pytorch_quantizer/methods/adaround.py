@@ -1,0 +1,145 @@
+"""AdaRound (Nagel et al., "Up or Down? Adaptive Rounding for Post-Training Quantization", ICML
+2020): learn, per weight, whether to round down or up on the layer's GEMMLOWP grid, minimising the
+layer-output error on calibration inputs.
+
+With the grid's scale s, zero point z and top code qmax (per tensor or per output channel), and a
+learned logit V per weight:
+
+    h(V)   = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1),   zeta = 1.1, gamma = -0.1
+    W~     = (clamp(floor(W / s) + h(V) + z, 0, qmax) - z) s
+    loss   = mean_(samples, positions) || f(x_q; W~) - f(x; W) ||^2_channels
+             + lambda sum_i (1 - |2 h(V_i) - 1|^beta)
+
+(f the layer, x its float input, x_q its input in the quantized model). The regulariser is off for
+the first ``WARMUP`` of the iterations, then beta decays linearly from 20 to 2, which drives every
+h(V) to 0 or 1; the learned rounding is then h = 1{V >= 0}, so each weight lands on one of its two
+neighbouring grid points.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pytorch_quantizer.maths.weight_grid import Grid, nearest_rounding, rounded_weight
+
+ZETA, GAMMA = 1.1, -0.1
+WARMUP = 0.2
+BETA_START, BETA_END = 20.0, 2.0
+REGULARISATION = 0.01
+LEARNING_RATE = 1e-2
+
+
+def rectified_sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def initial_logits(weight: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """V with h(V) equal to the fractional part of W / s (the soft rounding starts at W itself)."""
+    scale, _, _ = grid.shaped(weight)
+    scaled = weight.float() * (1.0 / scale)
+    rest = scaled - torch.floor(scaled)
+    probability = torch.clamp((rest - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
+    return torch.log(probability / (1 - probability))
+
+
+def rounding_regulariser(soft: torch.Tensor, beta: float) -> torch.Tensor:
+    """sum (1 - |2h - 1|^beta): zero exactly when every h is 0 or 1."""
+    return (1 - (2 * soft - 1).abs().pow(beta)).sum()
+
+
+def beta_at(step: int, steps: int) -> float | None:
+    """None during the warm-up (no regulariser), then linear from BETA_START to BETA_END."""
+    warmup = int(WARMUP * steps)
+    if step < warmup:
+        return None
+    progress = (step - warmup) / max(steps - warmup - 1, 1)
+    return BETA_START + (BETA_END - BETA_START) * min(progress, 1.0)
+
+
+@dataclass(frozen=True)
+class RoundingResult:
+    """``up``: the learned 0 / 1 rounding per weight; errors: mean squared layer-output error on the
+    calibration inputs with the nearest and with the learned rounding; ``undecided``: the fraction of
+    weights whose soft rounding h(V) ended strictly between 0 and 1."""
+
+    up: torch.Tensor
+    nearest_error: float
+    learned_error: float
+    losses: tuple[float, ...]
+    undecided: float
+
+
+def layer_output(module: nn.Module, weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """The module's output with ``weight`` in place of its own (any Conv2d / Linear subclass)."""
+    return torch.func.functional_call(module, {"weight": weight}, (inputs,))
+
+
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """||f~ - f||^2 summed over the channels (dim 1), averaged over samples and positions."""
+    return (output - target).square().sum(dim=1).mean()
+
+
+def output_error(output: Callable, weights: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor,
+                 batch: int) -> float:
+    """Mean squared error of ``output(weights, inputs)`` against ``targets``, in batches."""
+    with torch.no_grad():
+        total = sum(float((output(weights, inputs[start:start + batch]) - targets[start:start + batch]).square().sum())
+                    for start in range(0, len(inputs), batch))
+    return total / targets.numel()
+
+
+def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid], output: Callable,
+                         inputs: torch.Tensor, targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
+                         regularisation: float = REGULARISATION, learning_mode: Callable = nullcontext
+                         ) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
+    """Learn the roundings of several float ``weights`` together: ``output(rounded weights, inputs)``
+    is the layer or block computed with them, fitted to ``targets`` (its float output on float
+    inputs) from ``inputs`` (its inputs in the quantized model). ``learning_mode()`` is entered for
+    the optimisation only (the errors are measured outside it). Returns each weight's result (the
+    errors are those of the whole output) and the loss of every step."""
+    weights = {name: weight.detach() for name, weight in weights.items()}
+    logits = {name: initial_logits(weight, grids[name]).requires_grad_(True) for name, weight in weights.items()}
+    optimiser = torch.optim.Adam(list(logits.values()), lr=LEARNING_RATE)
+    generator = torch.Generator().manual_seed(seed)
+
+    def rounded(roundings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: rounded_weight(weight, grids[name], roundings[name]) for name, weight in weights.items()}
+
+    losses = []
+    with learning_mode():
+        for step in range(iterations):
+            chosen = torch.randint(len(inputs), (min(batch, len(inputs)),), generator=generator)
+            soft = {name: rectified_sigmoid(value) for name, value in logits.items()}
+            loss = reconstruction_loss(output(rounded(soft), inputs[chosen]), targets[chosen])
+            beta = beta_at(step, iterations)
+            if beta is not None:
+                loss = loss + regularisation * sum(rounding_regulariser(value, beta) for value in soft.values())
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+    ups = {name: (value.detach() >= 0).float() for name, value in logits.items()}
+    nearest = {name: nearest_rounding(weight, grids[name]) for name, weight in weights.items()}
+    nearest_error = output_error(output, rounded(nearest), inputs, targets, batch)
+    learned_error = output_error(output, rounded(ups), inputs, targets, batch)
+    history = tuple(losses)  # one object shared by the weights learned together
+    results = {}
+    for name, value in logits.items():
+        soft = rectified_sigmoid(value.detach())
+        results[name] = RoundingResult(ups[name], nearest_error, learned_error, history,
+                                       float(((soft > 0) & (soft < 1)).float().mean()))
+    return results, history
+
+
+def learn_rounding(module: nn.Module, weight: torch.Tensor, grid: Grid, inputs: torch.Tensor,
+                   targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
+                   regularisation: float = REGULARISATION) -> RoundingResult:
+    """Learn the rounding of one layer's float ``weight`` (``learn_soft_roundings`` for one weight)."""
+    results, _ = learn_soft_roundings({"weight": weight}, {"weight": grid},
+                                      lambda weights, batch_inputs: layer_output(module, weights["weight"], batch_inputs),
+                                      inputs, targets, iterations, batch, seed, regularisation)
+    return results["weight"]
