@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import pandas as pd
 
-    from inference.inference_sim import build_parser, run
+    from inference.inference_sim import build_parser
+    from inference.run import run
 
     rows = []
     for label, flags in RECIPES.items():

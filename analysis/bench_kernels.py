@@ -100,7 +100,8 @@ def time_cases(cases: dict, repeats: int, synchronize) -> dict[str, float]:
 
 def end_to_end_ratio() -> dict:
     """Wall time of the simulator, W4A4 recipe (statistics collected first) over FP32."""
-    from inference.inference_sim import build_parser, run
+    from inference.inference_sim import build_parser
+    from inference.run import run
 
     with tempfile.TemporaryDirectory() as folder:
         stats = f"-sf {folder}"

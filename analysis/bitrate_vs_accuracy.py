@@ -106,7 +106,8 @@ def measured(result: dict) -> dict:
 def run_model(model: str, args: argparse.Namespace) -> list[dict]:
     from tqdm import tqdm
 
-    from inference.inference_sim import build_parser, run
+    from inference.inference_sim import build_parser
+    from inference.run import run
 
     rows = []
     with tempfile.TemporaryDirectory() as stats_folder:  # per-batch statistics: nothing is collected here

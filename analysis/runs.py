@@ -26,7 +26,8 @@ def run_commands(commands: dict[str, list[str]], description: str) -> list[dict]
     with a progress bar over the runs."""
     from tqdm import tqdm
 
-    from inference.inference_sim import build_parser, run
+    from inference.inference_sim import build_parser
+    from inference.run import run
 
     rows = []
     for label, argv in tqdm(commands.items(), desc=description, unit="run"):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.2.0"
+from pytorch_quantizer.version import __version__
 
 _EXPORTS = {
     "QuantConfig": "pytorch_quantizer.quantizers.config",

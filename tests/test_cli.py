@@ -84,7 +84,7 @@ def empty_folder(tmp_path):
     (lambda tmp: ["--data", tmp / "missing"], "does not exist"),
     (lambda tmp: ["--data", empty_folder(tmp)], "no class subfolders"),
     (lambda tmp: ["-a", "fmnist_resnet20", "--data", tmp], "not found in"),
-    (lambda tmp: ["-a", "no_such_model"], "invalid choice: 'no_such_model'"),
+    (lambda tmp: ["-a", "no_such_model"], "unknown model 'no_such_model': choose one of the registry"),
     (lambda tmp: ["-b", "0"], "must be a positive integer, got 0"),
     (lambda tmp: ["-b", "-3"], "must be a positive integer, got -3"),
     (lambda tmp: ["-a", "resnet18", "--weights", write_corrupt(tmp)], "corrupt"),

@@ -21,7 +21,7 @@ def calibrated(*flags: str):
     from inference.inference_sim import build_parser
     from inference.models import create_model, get_model_spec
     from inference.quant_flags import quant_config_from_args
-    from inference.simulate import reduced
+    from pytorch_quantizer.model.calibration import reduced
     from pytorch_quantizer.model.quantized_model import QuantizedModel
 
     config = quant_config_from_args(build_parser().parse_args(["-a", MODEL, *flags]), get_model_spec(MODEL))

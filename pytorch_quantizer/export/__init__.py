@@ -1,0 +1,1 @@
+"""Export of a calibrated quantized model for integer runtimes (ONNX QDQ)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pytorch_quantizer import __version__
+from pytorch_quantizer.version import __version__
 from pytorch_quantizer.formats import state_checks
 from pytorch_quantizer.errors import QuantizationError
 from pytorch_quantizer.model.observers import StatsAccumulator

@@ -54,7 +54,7 @@ def sampling_inputs(model: nn.Module, names: list[str], seed: int = 0):
 
 def calibrate_activations(quantized, batches, device: torch.device) -> dict[str, LevelPlan]:
     """Calibrated plans of every layer whose activation kind needs calibration, from the inputs the
-    BN-folded float model gives them on ``batches`` (``quantized``: a ``transform.QuantizedModel``)."""
+    BN-folded float model gives them on ``batches`` (``quantized``: a ``QuantizedModel``)."""
     names = [name for name, plan in quantized.activation_plans().items()
              if plan.activation.kind.calibrated_activations]
     if not names:

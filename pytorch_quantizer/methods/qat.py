@@ -190,7 +190,7 @@ def training_hooks(model: nn.Module, quantizers: dict[str, ActivationQuantizer])
 
 
 def fine_tune(quantized, batches, epochs: int, lr: float, device: torch.device, progress=None) -> QatOutcome:
-    """Train ``quantized`` (a ``transform.QuantizedModel`` whose family activations are calibrated)
+    """Train ``quantized`` (a ``QuantizedModel`` whose family activations are calibrated)
     for ``epochs`` passes over ``batches`` with Adam and cross-entropy; ``progress(iterable, epoch)``
     wraps each epoch's batches (a tqdm bar) and gets ``set_postfix`` calls. Afterwards the model's
     weights are the trained quantized ones and its activation plans the learned quantizers."""

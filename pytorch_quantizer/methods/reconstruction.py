@@ -1,4 +1,4 @@
-"""Learned weight rounding over a whole ``transform.QuantizedModel``: AdaRound layer by layer, or
+"""Learned weight rounding over a whole ``QuantizedModel``: AdaRound layer by layer, or
 block by block (BRECQ, Li et al. 2021, with QDrop's random dropping of activation quantization,
 Wei et al. 2022), in the order they run; inputs are taken from the quantized model as it stands
 (earlier layers already rounded, activations quantized as the run's recipe does) and targets from

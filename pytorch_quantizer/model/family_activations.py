@@ -1,4 +1,4 @@
-"""Activations of the other seeds' kinds inside a ``transform.QuantizedModel``: the per-layer level
+"""Activations of the other seeds' kinds inside a ``QuantizedModel``: the per-layer level
 plans (fixed, like DoReFa's, or calibrated, like APoT's alpha and N2UQ's thresholds) and XNOR's
 sign input, whose per-position scale K multiplies the layer's GEMM output:
 
