@@ -152,3 +152,38 @@ def test_library_errors_are_one_type_and_name_config_fields_not_flags(make, mess
     with pytest.raises(pq.QuantizationError, match=message.replace("(", r"\(").replace(")", r"\)")) as raised:
         make()
     assert not any(flag in str(raised.value) for flag in ("-pcq", "--", "-qw", "-sm", "-baa"))
+
+
+APOT, N2UQ, INT = pq.WeightKind.APOT, pq.WeightKind.N2UQ, pq.WeightKind.INT
+
+
+@pytest.mark.parametrize("config, methods", [
+    (pq.QuantConfig(activations=pq.TensorQuantSpec(4, kind=APOT), weights=pq.TensorQuantSpec(4, kind=APOT),
+                    act_quant_point=pq.ActQuantPoint.INPUT), pq.Methods()),
+    (pq.QuantConfig(activations=pq.TensorQuantSpec(2, kind=N2UQ), weights=pq.TensorQuantSpec(2, kind=N2UQ),
+                    act_quant_point=pq.ActQuantPoint.INPUT), pq.Methods(qat_epochs=1)),
+    (pq.QuantConfig(activations=pq.TensorQuantSpec(4), weights=pq.TensorQuantSpec(4, per_channel=True),
+                    bias_correct_activations=True, departures=pq.Departures(bca_folded=True)), pq.Methods()),
+    (pq.QuantConfig(activations=pq.TensorQuantSpec(8), weights=pq.TensorQuantSpec(4)),
+     pq.Methods(equalize=True, rounding="adaround", rounding_steps=10, rounding_batch=8)),
+], ids=["apot-calibrated", "n2uq-qat", "bca-folded", "equalize-adaround"])
+def test_every_state_a_recipe_learns_is_saved_and_reloads_to_identical_logits(small_cnn, tmp_path, config, methods):
+    calibration = [images(8, 32, seed) for seed in range(2)]
+    training = [(batch, torch.randint(10, (8,), generator=torch.Generator().manual_seed(1))) for batch in calibration]
+    qmodel = pq.quantize(small_cnn, config, calibration=calibration, methods=methods, training=training)
+    test = images(8, 32, 5)
+    with torch.no_grad():
+        logits = qmodel(test)
+    reloaded = pq.load(fresh_copy(small_cnn), pq.save(qmodel, tmp_path / "state.pt"))
+    with torch.no_grad():
+        assert torch.equal(reloaded(test), logits)
+    assert reloaded.methods == methods and reloaded.config == config
+
+
+def test_export_onnx_needs_fixed_ranges_and_writes_the_qdq_model(small_cnn, tmp_path):
+    config = pq.QuantConfig(weights=pq.TensorQuantSpec(8, per_channel=True), activations=pq.TensorQuantSpec(8))
+    exported = pq.export_onnx(pq.quantize(small_cnn, config, calibration=[images(8, 32, 0)]), tmp_path / "m.onnx")
+    assert exported.model_path.is_file() and exported.encodings_path.is_file() and exported.quantized_tensors >= 10
+    per_batch = pq.quantize(small_cnn, config, example_input=images(2, 32, 0))
+    with pytest.raises(pq.QuantizationError, match="quantize with calibration images"):
+        pq.export_onnx(per_batch, tmp_path / "n.onnx")

@@ -78,7 +78,7 @@ def test_int32_bias_refusals_exit_2_with_one_line(run_cli, tmp_path, flags, mess
 def test_the_model_holds_grid_biases_and_its_float_model_the_float_ones():
     from test_onnx_export import calibrated
 
-    quantized, _ = calibrated("-pcq_w", "--qtype", "int8", "-qw", "int8", "-sm", "use", "--int32-bias")
+    quantized, _ = calibrated(int32_bias=True)
     assert quantized.bias_scales and "features.0.0" not in quantized.bias_scales   # it reads the float images
     for name, scale in quantized.bias_scales.items():
         codes = quantized.model.get_submodule(name).bias.detach() / scale

@@ -15,16 +15,16 @@ from pytorch_quantizer.model.weights import weight_grid
 MODEL = "fmnist_mobilenet"
 
 
-def calibrated(*flags: str):
-    """A QuantizedModel of fmnist_mobilenet (entered) with activation statistics from 256 training
-    images, and a fixed batch of 200 test images."""
-    from inference.inference_sim import build_parser
-    from inference.models import create_model, get_model_spec
-    from inference.quant_flags import quant_config_from_args
+def calibrated(int32_bias: bool = False):
+    """A QuantizedModel of fmnist_mobilenet at W8A8 (per-channel weights; entered) with activation
+    statistics from 256 training images, and a fixed batch of 200 test images."""
+    from inference.models import create_model
     from pytorch_quantizer.model.calibration import reduced
     from pytorch_quantizer.model.quantized_model import QuantizedModel
+    from pytorch_quantizer.quantizers.config import QuantConfig, TensorQuantSpec
 
-    config = quant_config_from_args(build_parser().parse_args(["-a", MODEL, *flags]), get_model_spec(MODEL))
+    config = QuantConfig(activations=TensorQuantSpec(8), weights=TensorQuantSpec(8, per_channel=True),
+                         keep_8bit=("features.0.0", "classifier.1"), int32_bias=int32_bias)
     train = InMemoryImages(*load_split(DEFAULT_DIR, "train"))
     test = InMemoryImages(*load_split(DEFAULT_DIR, "test"))
     calibration = [train[list(range(start, start + 128))] for start in (0, 128)]
@@ -39,7 +39,7 @@ def calibrated(*flags: str):
 def w8a8():
     from pytorch_quantizer.export.onnx import export_qdq
 
-    quantized, batch = calibrated("-pcq_w", "--qtype", "int8", "-qw", "int8")
+    quantized, batch = calibrated()
     proto, encodings = export_qdq(quantized, batch[:1])
     return quantized, batch, proto, encodings
 
