@@ -170,7 +170,9 @@ def evaluate_and_record(args: argparse.Namespace, parser: argparse.ArgumentParse
     from inference.run import run, run_sweep
 
     validated, device, data = checked_before_work(args, parser, process)
-    with process_group(process, device), tracked_run(args, process) as mlflow:
+    arguments = {key: str(value) for key, value in vars(args).items()}
+    with process_group(process, device), tracked_run(arguments, args.mlflow_uri, args.mlexp or args.arch,
+                                                     process) as mlflow:
         if args.ep:
             results, table = run_sweep(args, validated, process, device, data)
         else:

@@ -2,7 +2,6 @@
 with its parameters, metrics, artifacts and QAT loss curve."""
 from __future__ import annotations
 
-import argparse
 from contextlib import contextmanager
 
 
@@ -65,15 +64,15 @@ def print_results(results: dict, table) -> None:
 
 
 @contextmanager
-def tracked_run(args: argparse.Namespace, process):
-    """The mlflow run of this invocation (rank 0 only; None elsewhere)."""
+def tracked_run(arguments: dict[str, str], uri: str | None, experiment: str, process):
+    """The mlflow run of this invocation (rank 0 only; None elsewhere), with the command line's
+    ``arguments`` as its parameters."""
     if not process.is_main:
         yield None
         return
     from inference.tracking import mlflow_run
 
-    arguments = {key: str(value) for key, value in vars(args).items()}
-    with mlflow_run(args.mlflow_uri, args.mlexp or args.arch, {"args": arguments}) as mlflow:
+    with mlflow_run(uri, experiment, {"args": arguments}) as mlflow:
         yield mlflow
 
 
