@@ -115,10 +115,11 @@ def test_layers_the_simulator_does_not_quantize_run_in_float_and_are_listed(capl
 def test_mobilenet_v3_small_with_random_weights(mobilenet, tmp_path):
     calibration, test = [images(8, 96, seed) for seed in range(2)], images(8, 96, 7)
     w8a8 = pq.QuantConfig(weights=pq.TensorQuantSpec(8, per_channel=True), activations=pq.TensorQuantSpec(8))
-    qmodel = pq.quantize(mobilenet, w8a8, calibration=calibration)
+    qmodel = pq.quantize(mobilenet, w8a8, calibration=iter(calibration))   # a generator is taken too
     with torch.no_grad():
         reference, logits = mobilenet(test), qmodel(test)
-    assert sqnr_db(reference, logits) > 15
+    _, fidelity = pq.evaluate(qmodel, [(test, reference.argmax(dim=1))], reference=mobilenet)
+    assert sqnr_db(reference, logits) > 15 and fidelity.top1_agreement >= 75
     pq.save(qmodel, tmp_path / "mobilenet.w8a8.pt")
     fresh = torchvision.models.mobilenet_v3_small(weights=None)
     fresh.load_state_dict(mobilenet.state_dict())

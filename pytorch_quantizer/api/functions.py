@@ -37,6 +37,8 @@ def quantize(model: nn.Module, config: QuantConfig, calibration: Iterable | None
     cannot run, naming the field."""
     methods = methods or Methods()
     statistics = statistics or Statistics(per_batch=calibration is None)
+    if calibration is not None and iter(calibration) is calibration:
+        calibration = list(calibration)  # a generator: the recipe passes over the batches more than once
     if not isinstance(config, QuantConfig):
         raise QuantizationError(f"config must be a QuantConfig, not {type(config).__name__}", field="config")
     if not config.enabled:
