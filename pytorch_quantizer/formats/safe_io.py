@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -83,9 +84,32 @@ def remove_stale_temporaries(path: Path) -> None:
             continue
 
 
+def ordinary_mode(path: Path) -> int:
+    """The permissions an ordinary write of ``path`` would leave: an existing file keeps its own, a
+    new one gets 0666 less the process's umask (a temporary file is created 0600 whatever the umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), else by
+    setting and restoring it."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask
+
+
 def write_atomically(path: Path, write: Callable[[str], None]) -> None:
     """``write(temporary_path)`` into a temporary file beside ``path``, then rename it over ``path``:
-    a reader never sees half a file and an interrupted write leaves the previous file intact.
+    a reader never sees half a file and an interrupted write leaves the previous file intact; the
+    file gets the permissions an ordinary write would give it (``ordinary_mode``).
     Temporaries of killed earlier writers are removed first; a full or read-only location is an
     QuantizationError naming the file."""
     try:
@@ -96,6 +120,7 @@ def write_atomically(path: Path, write: Callable[[str], None]) -> None:
         raise QuantizationError(f"cannot write {path}: {error.strerror or error}; choose a writable folder") from None
     try:
         write(temporary)
+        os.chmod(temporary, ordinary_mode(path))
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)

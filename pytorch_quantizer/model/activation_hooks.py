@@ -38,8 +38,10 @@ def image_averaged_online(quantized, name: str) -> bool:
 
 
 @torch.no_grad()
-def quantize_activation(quantized, name: str, x: torch.Tensor) -> torch.Tensor:
-    """A GEMMLOWP activation: the fixed plan, or one planned from this batch's statistics."""
+def quantize_activation(quantized, name: str, x: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """A GEMMLOWP activation: the fixed plan, or one planned from this batch's statistics. Its error
+    is measured against ``reference``, the float tensor at the same point of the network (default
+    ``x``; at an output with a fused ReLU, the ReLU's output, since the grid starting at 0 applies it)."""
     spec = quantized.plans[name].activation
     fused = quantized.fused
     if quantized.activation_stats is not None:
@@ -58,7 +60,7 @@ def quantize_activation(quantized, name: str, x: torch.Tensor) -> torch.Tensor:
     if outcome.codes is not None:
         measures.add_codes(outcome.codes)
     if quantized.measure_error:
-        measures.add_error(x, outcome.values)
+        measures.add_error(x if reference is None else reference, outcome.values)
     return outcome.values
 
 
@@ -101,7 +103,8 @@ def output_hook(quantized, name: str):
         if quantized.bypassing:
             return None
         fused = quantized.fused
-        values = quantize_activation(quantized, name, fused.observed(name, output))
+        reference = fused.apply(name, output) if quantized.measure_error else None
+        values = quantize_activation(quantized, name, fused.observed(name, output), reference)
         if corrects_outputs_online(quantized) and isinstance(module, nn.Conv2d):
             values = correct_positive_outputs(fused.apply(name, output), values)
         return quantized.learning.passed_on(output, values)
