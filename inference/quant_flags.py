@@ -2,13 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from inference.errors import UserError
 from inference.library_messages import cli_wording
-from inference.models import REPO_ROOT, ModelSpec
+from inference.models import ModelSpec
 
-DEFAULT_STATS_FOLDER = REPO_ROOT / "statistics"
+CACHE_VARIABLE = "PTQ_SIM_CACHE"
+
+
+def default_statistics_folder() -> Path:
+    """Where statistics (and learned roundings) go without ``-sf``: a per-user cache, as torch hub and
+    Hugging Face keep theirs, so that it does not depend on where the project is installed:
+    ``$PTQ_SIM_CACHE/statistics``, else ``$XDG_CACHE_HOME/ptq-simulator/statistics``, else
+    ``~/.cache/ptq-simulator/statistics``. Each file records the weights and recipe it was made for."""
+    cache = os.environ.get(CACHE_VARIABLE)
+    if not cache:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ptq-simulator"
+    return Path(cache) / "statistics"
 STATS_MODES = ("no", "collect", "use")
 
 
@@ -145,8 +157,9 @@ def add_quantization_flags(parser: argparse.ArgumentParser, positive_int) -> Non
                        help="collect min / max as each image's averaged over a calibration batch, not the batch's (the seed's)")
     stats.add_argument("-kld", "--kld-threshold", dest="kld", action="store_true",
                        help="clip with the KL-divergence threshold (the seed's name for -c kld)")
-    stats.add_argument("-sf", "--stats-folder", dest="sf", type=Path, default=DEFAULT_STATS_FOLDER,
-                       help="folder of statistics files (default: statistics/ in the repository)")
+    stats.add_argument("-sf", "--stats-folder", dest="sf", type=Path, default=default_statistics_folder(),
+                       help="folder of statistics and learned-rounding files (default: $PTQ_SIM_CACHE/statistics, "
+                            "else ~/.cache/ptq-simulator/statistics)")
     stats.add_argument("-ac", "--aciq-cal", dest="ac", action="store_true",
                        help="calibrate activation statistics on -cs calibration images before evaluating (in memory)")
     stats.add_argument("-cs", "--cal-set-size", dest="cs", type=positive_int, default=5120,

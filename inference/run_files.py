@@ -68,14 +68,15 @@ class StoredState:
     state (``--load-qat``), each checked against the model's layers. ``calibration_images``: the
     count recorded in the statistics file read."""
 
-    def __init__(self, files: RecipeFiles, config: QuantConfig, methods: Methods):
-        self.files, self.config, self.methods = files, config, methods
+    def __init__(self, files: RecipeFiles, config: QuantConfig, methods: Methods, fingerprint: str):
+        self.files, self.config, self.methods, self.fingerprint = files, config, methods, fingerprint
         self.calibration_images: int | None = None
 
     def __call__(self, quantized) -> RecipeState:
         from pytorch_quantizer.formats.qat_io import layer_shapes, load_qat
         from pytorch_quantizer.formats.rounding_io import load_rounding
         from pytorch_quantizer.formats.stats_io import load_statistics
+        from pytorch_quantizer.model.calibration import statistics_recipe
         from pytorch_quantizer.model.weights import integer_grid_layers
 
         files, config, methods = self.files, self.config, self.methods
@@ -85,17 +86,19 @@ class StoredState:
             stored = load_statistics(files.statistics_path(per_channel), files.model_name, per_channel,
                                      files.statistics_point, sorted(quantized.activation_plans()),
                                      f"collect statistics for {files.model_name} again with -sm collect",
-                                     ("-pcq_a", "--act-quant-point"))
+                                     ("-pcq_a", "--act-quant-point"), self.fingerprint,
+                                     statistics_recipe(config))
             state.statistics, self.calibration_images = stored.layers, stored.calibration_images
         if files.uses and methods.learns_rounding:
             shapes = {name: quantized.float_params[name][0].shape for name in integer_grid_layers(quantized)}
             fix = (f"learn it again with {ROUNDING_FLAGS[methods.rounding]} -sm collect (same model and quantization "
                    "flags)")
             state.rounding = load_rounding(files.rounding_path(methods), files.model_name,
-                                           rounding_recipe(methods, config), shapes, fix)
+                                           rounding_recipe(methods, config), shapes, fix, self.fingerprint)
         if files.load_qat is not None:
             fix = "save it again with --qat-epochs N --save-qat PATH (same model and --qtype / -qw)"
-            state.trained = load_qat(files.load_qat, files.model_name, files.qat_recipe, layer_shapes(quantized), fix)
+            state.trained = load_qat(files.load_qat, files.model_name, files.qat_recipe, layer_shapes(quantized), fix,
+                                     self.fingerprint)
         return state
 
 
@@ -113,23 +116,28 @@ def statistics_description(files: RecipeFiles, config: QuantConfig, calibration,
     return "on the fly (each evaluated batch)"
 
 
-def save_collected(files: RecipeFiles, config: QuantConfig, state: RecipeState, images: int) -> Path:
+def save_collected(files: RecipeFiles, config: QuantConfig, state: RecipeState, images: int, fingerprint: str) -> Path:
     """``-sm collect``: the statistics of both granularities, each in its own file (one later ``-sm
-    use`` finds the file whatever its ``-pcq_a``); returns the path of this run's granularity."""
+    use`` finds the file whatever its ``-pcq_a``), with the fingerprint of the weights and the parts
+    of the recipe they depend on; returns the path of this run's granularity."""
     from pytorch_quantizer.formats.stats_io import StatisticsFile, save_statistics
+    from pytorch_quantizer.model.calibration import statistics_recipe
 
     per_channel = config.activations.per_channel
+    recipe = statistics_recipe(config, files.image_averaged_range)
     for granularity, layers in ((per_channel, state.statistics), (not per_channel, state.other_statistics or {})):
         save_statistics(StatisticsFile(files.model_name, images, granularity, files.statistics_point,
-                                       config.activations.clipping, layers), files.statistics_path(granularity))
+                                       config.activations.clipping, layers, weights_fingerprint=fingerprint,
+                                       recipe=recipe), files.statistics_path(granularity))
     return files.statistics_path(per_channel)
 
 
-def save_rounding_file(files: RecipeFiles, config: QuantConfig, methods: Methods, state: RecipeState) -> Path:
+def save_rounding_file(files: RecipeFiles, config: QuantConfig, methods: Methods, state: RecipeState,
+                       fingerprint: str) -> Path:
     from pytorch_quantizer.formats.rounding_io import save_rounding
 
     path = files.rounding_path(methods)
-    save_rounding(path, state.rounding, files.model_name, rounding_recipe(methods, config))
+    save_rounding(path, state.rounding, files.model_name, rounding_recipe(methods, config), fingerprint)
     return path
 
 

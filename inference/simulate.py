@@ -69,6 +69,7 @@ def simulate(model: torch.nn.Module, config: QuantConfig, methods: Methods, file
     their statistics merged exactly before use; only rank 0 writes files."""
     from pytorch_quantizer.api.functions import quantize_with_inputs
     from pytorch_quantizer.api.recipe import RecipeInputs
+    from pytorch_quantizer.formats.fingerprint import weights_fingerprint
     from pytorch_quantizer.model import report
 
     process = options.process
@@ -77,7 +78,8 @@ def simulate(model: torch.nn.Module, config: QuantConfig, methods: Methods, file
     training = None
     if methods.qat_epochs:
         training = data.calibration_loader(replace(options, batch_size=files.qat_batch_size)).loader
-    stored = StoredState(files, config, methods)
+    fingerprint = weights_fingerprint(model)   # of the float weights: what stored files must have been made for
+    stored = StoredState(files, config, methods, fingerprint)
     inputs = RecipeInputs(
         calibration=calibration.loader if calibration is not None else None, training=training,
         example_input=example, statistics=Statistics(per_batch=not files.fixed_ranges,
@@ -85,7 +87,7 @@ def simulate(model: torch.nn.Module, config: QuantConfig, methods: Methods, file
                                                      both_granularities=files.collects),
         state=stored, device=device, progress=progress_bars(process.is_main), processes=process,
         measure_error=evaluation.measure_error)
-    with quantize_with_inputs(model, config, methods, inputs) as network:
+    with quantize_with_inputs(model, config, methods, inputs, fingerprint) as network:
         recipe = network.report
         result = SimulationResult(EvalResult(0, 0, 0, 0), statistics_description(
             files, config, calibration, stored.calibration_images), equalization=recipe.equalization,
@@ -122,12 +124,12 @@ def write_learned_files(files: RecipeFiles, config: QuantConfig, methods: Method
     fine-tuned state (--save-qat)."""
     from pytorch_quantizer.formats.qat_io import save_qat
 
-    state = network.state
+    state, fingerprint = network.state, network.fingerprint
     if files.collects and state.statistics is not None:
-        result.statistics_file = str(save_collected(files, config, state, calibration.images))
+        result.statistics_file = str(save_collected(files, config, state, calibration.images, fingerprint))
     if files.collects and methods.learns_rounding:
-        result.rounding["rounding_file"] = str(save_rounding_file(files, config, methods, state))
+        result.rounding["rounding_file"] = str(save_rounding_file(files, config, methods, state, fingerprint))
     elif files.uses and methods.learns_rounding:
         result.rounding["rounding_file"] = str(files.rounding_path(methods))
     if files.save_qat is not None and methods.qat_epochs:
-        save_qat(files.save_qat, state.trained, files.model_name, files.qat_recipe)
+        save_qat(files.save_qat, state.trained, files.model_name, files.qat_recipe, fingerprint)

@@ -29,6 +29,20 @@ def python_exe() -> str:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def statistics_cache(tmp_path_factory):
+    """The default statistics folder of every CLI run of the suite is a throw-away one."""
+    import os
+
+    previous = os.environ.get("PTQ_SIM_CACHE")
+    os.environ["PTQ_SIM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield Path(os.environ["PTQ_SIM_CACHE"])
+    if previous is None:
+        os.environ.pop("PTQ_SIM_CACHE", None)
+    else:
+        os.environ["PTQ_SIM_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True, scope="session")
 def mlflow_store(tmp_path_factory):
     """Every CLI run of the suite logs to a throw-away sqlite store, not the repository's mlruns/."""
     import os

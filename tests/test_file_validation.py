@@ -143,8 +143,16 @@ def test_sound_statistics_load_and_reduce(stats_source, tmp_path):
 
 def test_statistics_version_of_another_type_and_a_folder_are_refused(stats_source, tmp_path):
     source, layers = stats_source
-    path = rewritten(source, tmp_path, lambda payload: payload.__setitem__("version", "2"))
-    one_line_error(lambda: load(path, layers), "has statistics format version '2', this tool reads 2", path)
+    path = rewritten(source, tmp_path, lambda payload: payload.__setitem__("version", "3"))
+    one_line_error(lambda: load(path, layers), "has statistics format version '3', this tool reads 3", path)
+
+    def earlier_format(payload):
+        payload["version"] = 2
+        del payload["weights_fingerprint"], payload["recipe"]
+
+    earlier = rewritten(source, tmp_path, earlier_format)
+    one_line_error(lambda: load(earlier, layers), r"was written by an earlier version of this tool \(statistics format "
+                                                  r"2\), which did not record the weights it was collected for", earlier)
     folder = tmp_path / "folder.pt"
     folder.mkdir()
     message = one_line_error(lambda: load(folder, layers), "is a folder, not a file", folder)

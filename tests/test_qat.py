@@ -68,9 +68,9 @@ def test_a_saved_qat_model_reloads_to_identical_logits(fixed_batch, tmp_path):
         qat.fine_tune(quantized, [(inputs, labels)], epochs=2, lr=1e-3, device=torch.device("cpu"))
         with torch.no_grad():
             trained = quantized.model(inputs)
-        save_qat(path, trained_state(quantized), "fmnist_resnet20", "n2uq2/n2uq2")
+        save_qat(path, trained_state(quantized), "fmnist_resnet20", "n2uq2/n2uq2", "f" * 64)
     with QuantizedModel(create_model("fmnist_resnet20"), config, inputs[:2]) as reloaded:
-        use_trained_state(reloaded, load_qat(path, "fmnist_resnet20", "n2uq2/n2uq2", layer_shapes(reloaded), "fix"))
+        use_trained_state(reloaded, load_qat(path, "fmnist_resnet20", "n2uq2/n2uq2", layer_shapes(reloaded), "fix", "f" * 64))
         with torch.no_grad():
             assert torch.equal(reloaded.model(inputs), trained)
     with QuantizedModel(create_model("fmnist_resnet20"), config, inputs[:2]) as other:

@@ -1,8 +1,9 @@
 """Saving and loading learned weight roundings (``adaround``): a plain dict of tensors, loaded with
 ``weights_only=True`` and checked against the run before use.
 
-Layout: {"format": "ptq-rounding", "version": 1, "model": arch, "recipe": text of the quantization
-recipe, "layers": {name: uint8 tensor of the weight's shape, 1 = rounded up}}.
+Layout: {"format": "ptq-rounding", "version": 2, "model": model name, "weights_fingerprint": of the
+float weights it was learned on, "recipe": text of the quantization recipe, "layers": {name: uint8
+tensor of the weight's shape, 1 = rounded up}}. Version 1 recorded no fingerprint.
 """
 from __future__ import annotations
 
@@ -13,31 +14,42 @@ import torch
 from pytorch_quantizer.errors import QuantizationError
 from pytorch_quantizer.formats.safe_io import load_tool_file, write_atomically
 
-FORMAT, VERSION = "ptq-rounding", 1
+FORMAT, VERSION = "ptq-rounding", 2
 
 
-def save_rounding(path: Path, roundings: dict[str, torch.Tensor], model_name: str, recipe: str) -> None:
+def save_rounding(path: Path, roundings: dict[str, torch.Tensor], model_name: str, recipe: str,
+                  fingerprint: str) -> None:
     layers = {name: up.detach().cpu().to(torch.uint8) for name, up in roundings.items()}
-    payload = {"format": FORMAT, "version": VERSION, "model": model_name, "recipe": recipe, "layers": layers}
+    payload = {"format": FORMAT, "version": VERSION, "model": model_name, "weights_fingerprint": fingerprint,
+               "recipe": recipe, "layers": layers}
     write_atomically(path, lambda temporary: torch.save(payload, temporary))
 
 
 def load_rounding(path: Path, model_name: str, recipe: str, weight_shapes: dict[str, torch.Size],
-                  fix: str) -> dict[str, torch.Tensor]:
-    """{layer: rounding as float 0 / 1} after checking format, model, recipe, layers and shapes;
-    ``weight_shapes``: the layers with integer-grid weights in this run."""
+                  fix: str, fingerprint: str | None = None) -> dict[str, torch.Tensor]:
+    """{layer: rounding as float 0 / 1} after checking format, model, weights, recipe, layers,
+    shapes and values; ``weight_shapes``: the layers with integer-grid weights in this run."""
+    if path.is_dir():
+        raise QuantizationError(f"learned rounding {path} is a folder, not a file; {fix}", code="not_a_file")
     if not path.is_file():
-        raise QuantizationError(f"no learned rounding {path} for {model_name}; {fix}")
-    payload = load_tool_file(path, FORMAT, VERSION, "rounding file", fix)
+        raise QuantizationError(f"no learned rounding {path} for {model_name}; {fix}", code="missing_file")
+    payload = load_tool_file(path, FORMAT, VERSION, "rounding file", fix, unfingerprinted=(1,))
     if payload.get("model") != model_name or payload.get("recipe") != recipe:
         raise QuantizationError(f"{path} was learned for {payload.get('model')!r:.40} with another recipe "
-                         f"({payload.get('recipe')!r:.120}); {fix}")
+                                f"({payload.get('recipe')!r:.120}); {fix}", code="made_for_other")
+    stored = payload.get("weights_fingerprint")
+    if fingerprint is not None and stored != fingerprint:
+        raise QuantizationError(f"{path} was learned for other weights (fingerprint {str(stored)[:12]}, this run's "
+                                f"{fingerprint[:12]}); {fix}", code="made_for_other")
     layers = payload.get("layers")
     if not isinstance(layers, dict) or set(layers) != set(weight_shapes):
         raise QuantizationError(f"{path}: its layers are not this run's integer-grid layers of {model_name}; {fix}")
     loaded = {}
     for name, up in layers.items():
-        if not isinstance(up, torch.Tensor) or up.shape != weight_shapes[name] or bool((up > 1).any()):
-            raise QuantizationError(f"{path}: the rounding of layer {name} is not a 0 / 1 tensor of its weight's shape; {fix}")
+        if not isinstance(up, torch.Tensor) or up.shape != weight_shapes[name]:
+            raise QuantizationError(f"{path}: the rounding of layer {name} is not a tensor of its weight's shape; {fix}")
+        if up.is_complex() or not bool(((up == 0) | (up == 1)).all()):
+            raise QuantizationError(f"{path}: the rounding of layer {name} holds values other than 0 and 1 (a rounding "
+                                    f"is down or up); {fix}", code="damaged_file")
         loaded[name] = up.float()
     return loaded

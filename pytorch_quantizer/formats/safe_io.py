@@ -45,13 +45,21 @@ def safe_torch_load(path: Path, fix: str):
 TORCH_SAVE_HEADERS = (b"PK\x03\x04", b"\x80")  # the zip format since torch 1.6; the legacy pickle format
 
 
-def load_tool_file(path: Path, file_format: str, version: int, description: str, fix: str) -> dict:
+def load_tool_file(path: Path, file_format: str, version: int, description: str, fix: str,
+                   unfingerprinted: tuple[int, ...] = ()) -> dict:
     """A tensor-dict file this tool wrote (``{"format": file_format, "version": version, ...}``),
-    loaded safely; QuantizationError naming ``description`` when it is another kind of file."""
+    loaded safely; QuantizationError naming ``description`` when it is another kind of file, and
+    saying so when it is of an earlier ``unfingerprinted`` version (which did not record the weights
+    it was made for)."""
     payload = safe_torch_load(path, fix)
+    if isinstance(payload, dict) and payload.get("format") == file_format and payload.get("version") in unfingerprinted:
+        raise QuantizationError(f"{path} was written by an earlier version of this tool ({description} format "
+                                f"{payload['version']}), which did not record the weights it was made for; {fix}",
+                                code="old_format")
     if not isinstance(payload, dict) or payload.get("format") != file_format or payload.get("version") != version:
         raise QuantizationError(f"{path} is not a {description} of this tool (format {file_format} version {version}); {fix}")
     return payload
+
 
 
 def has_no_torch_save_header(path: Path) -> bool:

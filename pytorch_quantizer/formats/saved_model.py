@@ -80,8 +80,16 @@ def _level_plans(path: Path, what: str, value, fix: str) -> dict[str, LevelPlan]
     if not isinstance(value, dict):
         raise QuantizationError(f"{path}: its {what} are {state_checks.describe(value)} (modified or damaged); {fix}",
                                 code="damaged_file")
-    return {name: LevelPlan(*(_tensors(path, f"{what} of {name}", entry, fix)[key].float() for key in PLAN_KEYS))
-            for name, entry in value.items()}
+    plans = {}
+    for name, entry in value.items():
+        tensors = _tensors(path, f"{what} of {name}", entry, fix)
+        missing = [key for key in PLAN_KEYS if key not in tensors]
+        problem = f"lacks {missing[0]}" if missing else state_checks.level_plan_problem(*(tensors[key] for key in PLAN_KEYS))
+        if problem:
+            raise QuantizationError(f"{path}: its {what} of {name}: {problem} (modified or damaged); {fix}",
+                                    code="damaged_file")
+        plans[name] = LevelPlan(*(tensors[key].float() for key in PLAN_KEYS))
+    return plans
 
 
 def load_model_state(path: Path, fix: str) -> dict:
@@ -108,6 +116,10 @@ def load_model_state(path: Path, fix: str) -> dict:
                 raise QuantizationError(f"{path}: layer {name} {problem} (modified or damaged); {fix}", code="damaged_file")
         payload["statistics"] = {name: StatsAccumulator(state) for name, state in statistics.items()}
     rounding = _tensors(path, "rounding", payload.get("rounding"), fix)
+    for name, up in (rounding or {}).items():
+        if not bool(((up == 0) | (up == 1)).all()):
+            raise QuantizationError(f"{path}: the rounding of layer {name} holds values other than 0 and 1 (modified or "
+                                    f"damaged); {fix}", code="damaged_file")
     payload["rounding"] = None if rounding is None else {name: up.float() for name, up in rounding.items()}
     payload["family_plans"] = _level_plans(path, "activation plans", payload.get("family_plans"), fix)
     payload["bias_corrections"] = _tensors(path, "bias corrections", payload.get("bias_corrections"), fix)

@@ -192,3 +192,23 @@ def accumulator_state_problem(state, per_channel: bool) -> str | None:
         return None
     return (state_structure_problem(state) or count_problem(state) or keys_problem(state)
             or values_problem(state, per_channel))
+
+
+def level_plan_problem(scale: torch.Tensor, thresholds: torch.Tensor, values: torch.Tensor) -> str | None:
+    """A level plan (``families.LevelPlan``) as the quantizers make them: finite positive scales,
+    finite thresholds in increasing order, one more finite output level than thresholds."""
+    for key, value in (("scale", scale), ("thresholds", thresholds), ("values", values)):
+        problem = dense_problem(value)
+        if problem or not value.is_floating_point():
+            return f"{key} {problem or 'is not a floating tensor'}"
+        if non_finite_count(value):
+            return f"{key} holds NaN/Inf values"
+    if scale.numel() < 1 or bool((scale <= 0).any()):
+        return "scale is not positive"
+    if thresholds.dim() != 1 or values.dim() != 1:
+        return f"thresholds {shape_text(thresholds)} / values {shape_text(values)} are not 1-D"
+    if values.numel() != thresholds.numel() + 1:
+        return f"has {thresholds.numel()} thresholds for {values.numel()} levels (a plan has one threshold fewer)"
+    if bool((thresholds[1:] < thresholds[:-1]).any()):
+        return "thresholds are not in increasing order"
+    return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,11 +21,16 @@ from pytorch_quantizer.model.observers import StatsAccumulator
 from pytorch_quantizer.formats.safe_io import safe_torch_load, write_atomically
 
 FORMAT = "ptq-statistics"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+UNFINGERPRINTED_VERSIONS = (1, 2)   # written before files recorded the weights they were made for
 
 
 @dataclass(frozen=True)
 class StatisticsFile:
+    """``weights_fingerprint``: of the float weights the statistics were collected on
+    (``fingerprint.weights_fingerprint``); ``recipe``: the parts of the recipe they depend on
+    (``calibration.statistics_recipe``)."""
+
     model: str
     calibration_images: int
     per_channel: bool
@@ -33,6 +38,8 @@ class StatisticsFile:
     clipping: str
     layers: dict[str, StatsAccumulator]
     library_version: str = __version__
+    weights_fingerprint: str = ""
+    recipe: dict = field(default_factory=dict)
 
 
 def checksum(metadata: dict, layers: dict[str, dict[str, torch.Tensor]]) -> str:
@@ -49,7 +56,8 @@ def metadata_of(statistics: StatisticsFile) -> dict:
     return {"format": FORMAT, "version": FORMAT_VERSION, "library_version": statistics.library_version,
             "model": statistics.model, "calibration_images": statistics.calibration_images,
             "per_channel": statistics.per_channel, "act_quant_point": statistics.act_quant_point,
-            "clipping": statistics.clipping}
+            "clipping": statistics.clipping, "weights_fingerprint": statistics.weights_fingerprint,
+            "recipe": statistics.recipe}
 
 
 def save_statistics(statistics: StatisticsFile, path: Path) -> None:
@@ -63,7 +71,8 @@ def save_statistics(statistics: StatisticsFile, path: Path) -> None:
 
 METADATA_TYPES = {"library_version": (str, "a string"), "model": (str, "a string"),
                   "calibration_images": (int, "a non-negative integer"), "per_channel": (bool, "true or false"),
-                  "act_quant_point": (str, "a string"), "clipping": (str, "a string")}
+                  "act_quant_point": (str, "a string"), "clipping": (str, "a string"),
+                  "weights_fingerprint": (str, "a string"), "recipe": (dict, "a dict")}
 
 
 def metadata_problem(payload: dict) -> str | None:
@@ -100,11 +109,13 @@ def stored_checksum_matches(payload: dict, metadata: dict, stored_layers: dict) 
 
 def load_statistics(path: Path, model: str, per_channel: bool, act_quant_point: str, layers: list[str],
                     fix: str = "collect the statistics again on calibration images",
-                    settings: tuple[str, str] = ("activations.per_channel", "act_quant_point")) -> StatisticsFile:
+                    settings: tuple[str, str] = ("activations.per_channel", "act_quant_point"),
+                    fingerprint: str | None = None, recipe: dict | None = None) -> StatisticsFile:
     """Load and check a statistics file against the run that wants to use it: format and version,
     metadata types, the checksum, model, granularity and point, then every layer's accumulator
     state (``state_checks.accumulator_state_problem``: keys, count, dtypes, shapes, finiteness,
-    ranges). Every problem is a one-line QuantizationError naming the file, the layer and the key and
+    ranges), and, when given, the fingerprint of the weights and the ``recipe`` they were collected
+    with. Every problem is a one-line QuantizationError naming the file, the layer and the key and
     ending with ``fix``; ``settings`` name the granularity and quantization point settings to match."""
     if path.is_dir():
         raise QuantizationError(f"statistics file {path} is a folder, not a file; {fix}")
@@ -114,6 +125,9 @@ def load_statistics(path: Path, model: str, per_channel: bool, act_quant_point: 
     if not isinstance(payload, dict) or not isinstance(payload.get("format"), str) or payload["format"] != FORMAT:
         raise QuantizationError(f"{path} is not a statistics file of this tool; {fix}")
     version = payload.get("version")
+    if type(version) is int and version in UNFINGERPRINTED_VERSIONS:
+        raise QuantizationError(f"{path} was written by an earlier version of this tool (statistics format {version}), "
+                                f"which did not record the weights it was collected for; {fix}", code="old_format")
     if type(version) is not int or version != FORMAT_VERSION:
         raise QuantizationError(f"{path} has statistics format version {version!r:.40}, this tool reads {FORMAT_VERSION}; {fix}")
     stored_layers = payload.get("layers")
@@ -132,6 +146,9 @@ def load_statistics(path: Path, model: str, per_channel: bool, act_quant_point: 
     if payload["act_quant_point"] != act_quant_point:
         raise QuantizationError(f"{path} was collected at activation point {payload['act_quant_point']}, this run uses "
                          f"{act_quant_point}; match {settings[1]} or {fix}")
+    problem = made_for_problem(payload, fingerprint, recipe)
+    if problem:
+        raise QuantizationError(f"{path} was collected {problem}; {fix}", code="made_for_other")
     missing = [name for name in layers if name not in stored_layers]
     if missing:
         raise QuantizationError(f"{path} lacks statistics of layer {missing[0]} ({len(missing)} missing); {fix}")
@@ -142,4 +159,17 @@ def load_statistics(path: Path, model: str, per_channel: bool, act_quant_point: 
     return StatisticsFile(payload["model"], payload["calibration_images"], payload["per_channel"],
                           payload["act_quant_point"], payload["clipping"],
                           {name: StatsAccumulator(state) for name, state in stored_layers.items()},
-                          payload["library_version"])
+                          payload["library_version"], payload["weights_fingerprint"], payload["recipe"])
+
+
+def made_for_problem(payload: dict, fingerprint: str | None, recipe: dict | None) -> str | None:
+    """How the weights or recipe a file was made for differ from this run's (None: they do not). A
+    recipe entry that is None on either side is one that side does not depend on."""
+    stored = payload.get("weights_fingerprint")
+    if fingerprint is not None and stored != fingerprint:
+        return f"for other weights (fingerprint {str(stored)[:12]}, this run's {fingerprint[:12]})"
+    for key, value in (recipe or {}).items():
+        made_with = payload.get("recipe", {}).get(key)
+        if value is not None and made_with is not None and made_with != value:
+            return f"with {key} {made_with!r:.60}, this run's {value!r:.60}"
+    return None

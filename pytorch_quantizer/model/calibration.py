@@ -70,3 +70,23 @@ def reduced(accumulators: dict[str, StatsAccumulator], kind: str, kept: set[str]
     statistic), and their extremes at layers kept at 8 bits (the seed's classifier output)."""
     return {name: accumulator.reduce("max" if name in kept else kind) for name, accumulator in accumulators.items()
             if accumulator.batches}  # layers that calibration never reached (an eval-mode auxiliary head) have none
+
+
+def statistics_recipe(config, image_averaged_range: bool | None = None) -> dict:
+    """The parts of a recipe that collected statistics depend on, as plain data (a file of them
+    serves only a run with the same): the layers kept at 8 bits (observed per tensor) and in float,
+    the bits of clipping methods measured on the values, and, where statistics are collected through
+    the quantized model, its weights' recipe; recorded too, how min / max were taken (the seed's
+    image-averaged ranges; None for a run that uses statistics and so does not choose it). The
+    granularity is not among them: one collection writes both."""
+    from pytorch_quantizer.maths.clipping import get_clipping
+    from pytorch_quantizer.quantizers.config import config_as_dict
+
+    activations = config.activations
+    measured = activations is not None and get_clipping(activations.clipping).needs_values
+    through_quantized = config.departures.calibrate_quantized
+    return {"image_averaged_range": image_averaged_range, "keep_8bit": sorted(config.keep_8bit),
+            "keep_fp": sorted(config.keep_fp),
+            "measured_clipping": [activations.clipping, activations.bits] if measured else None,
+            "weights": config_as_dict(config)["weights"] if through_quantized else None,
+            "calibrate_quantized": through_quantized}
