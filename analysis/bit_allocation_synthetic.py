@@ -51,6 +51,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from analysis.runs import output_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +63,6 @@ DEFAULT_SAMPLES = 1_000_000
 DEFAULT_POINTS = 141
 QUICK_SAMPLES = 200_000
 QUICK_POINTS = 71
-DEFAULT_OUT = Path("results/bit_allocation_synthetic")
 
 
 def ratio_label(weights: tuple[float, float]) -> str:
@@ -234,9 +234,14 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed of the numpy Generator (default 0)")
     parser.add_argument("--clip", choices=CLIPPINGS, default="fixed",
                         help="clip at the ACIQ value of the mean bits (fixed, default) or of each channel's own bits")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: results/bit_allocation_synthetic; with --quick "
+                             "results/quick/bit_allocation_synthetic)")
     parser.add_argument("--quick", action="store_true", help="fewer samples and fractions (for tests)")
     args = parser.parse_args(argv)
+    args.out, problem = output_folder(args.out, "bit_allocation_synthetic", args.quick)
+    if problem is not None:
+        parser.error(problem)
     if args.samples is None:
         args.samples = QUICK_SAMPLES if args.quick else DEFAULT_SAMPLES
     if args.points is None:

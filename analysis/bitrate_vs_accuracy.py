@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.runs import DEVELOPMENT_PHOTOS, figures, model_data_flags
+from analysis.runs import DEVELOPMENT_PHOTOS, figures, model_data_flags, output_folder
 from analysis.seed_experiments import EXPERIMENTS
 
 ANALYSIS = Path(__file__).resolve().parent
@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"--quick {' '.join(map(str, QUICK_TARGETS))})")
     parser.add_argument("--uniform", nargs="*", type=uniform_value, default=None,
                         help="bits of the uniform WnAn recipes (default 4 5 6 8; --quick 4; the flag alone: none)")
-    parser.add_argument("--out", type=Path, default=Path("results/bitrate_vs_accuracy"), help="output folder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: results/bitrate_vs_accuracy; with --quick results/quick/bitrate_vs_accuracy)")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (see the module docstring)")
     parser.add_argument("--images", type=positive, default=None, help="evaluate at most N images per run")
     return parser
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.out, problem = output_folder(args.out, "bitrate_vs_accuracy", args.quick)
+    if problem is not None:
+        parser.error(problem)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file: name a folder")
     args.models = args.models or (["fmnist_resnet20"] if args.quick else list(MODELS))

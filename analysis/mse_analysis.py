@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from pytorch_quantizer.maths.aciq import PRIORS, SEED_RATIOS, mse_formula, optimal_ratio
+from analysis.runs import output_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,9 +199,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=_bounded_int(0), default=0)
     parser.add_argument("--grid", choices=GRIDS, default="midtread",
                         help="simulated quantizer grid; midtread is the one the formula models")
-    parser.add_argument("--out", type=Path, default=Path("results/mse_analysis"), help="folder of the PNGs")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: results/mse_analysis; with --quick results/quick/mse_analysis)")
     parser.add_argument("--quick", action="store_true", help="small sample and grid sizes (tests, CI)")
     args = parser.parse_args(argv)
+    args.out, problem = output_folder(args.out, "mse_analysis", args.quick)
+    if problem is not None:
+        parser.error(problem)
     if args.samples is None:
         args.samples = QUICK_SAMPLES if args.quick else DEFAULT_SAMPLES
     if args.points is None:

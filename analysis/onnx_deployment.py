@@ -25,7 +25,7 @@ from pathlib import Path
 
 from analysis.report import (RowFailed, data_flags, finished_or_run, plan_models, result_path,
                     resume_message, row_argv)
-from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT
+from analysis.runs import DEVELOPMENT_PHOTOS, output_folder
 
 MODELS = ("fmnist_resnet20", "fmnist_mobilenet", "efficientnet_lite0")
 PRECISIONS = {"W8A8": "--qtype int8 -qw int8", "W8A8 --int32-bias": "--qtype int8 -qw int8 --int32-bias",
@@ -49,12 +49,16 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=None, help="default: all three")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "onnx_deployment")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: results/onnx_deployment; with --quick results/quick/onnx_deployment)")
     parser.add_argument("--experiment", default="onnx-deployment", help="mlflow experiment of the rows")
     parser.add_argument("--mlflow-uri", default=None, help="mlflow store (default: the CLI's)")
     parser.add_argument("--quick", action="store_true", help="fmnist_mobilenet W8A8 on 200 test images")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.out, problem = output_folder(args.out, "onnx_deployment", args.quick)
+    if problem is not None:
+        parser.error(problem)
     development_photos = DEVELOPMENT_PHOTOS.is_dir()
     models, notes = plan_models(args.models or (["fmnist_mobilenet"] if args.quick else list(MODELS)), development_photos)
     precisions = ["W8A8"] if args.quick else list(PRECISIONS)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from analysis.report import (EMPTY_RESULT, FMNIST_MODELS, RowFailed, figures, finished_or_run, result_path,
                     resume_message, row_argv)
-from analysis.runs import REPO_ROOT
+from analysis.runs import output_folder
 
 LEVEL_KINDS = ("uniform", "pot", "apot", "dorefa", "n2uq")
 ACIQ_INT4 = "-pcq_w -pcq_a --qtype int4 -qw int4 -c laplace"
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=FMNIST_MODELS, default=list(FMNIST_MODELS))
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "families")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: results/families; with --quick results/quick/families)")
     parser.add_argument("--experiment", default="families", help="mlflow experiment of the rows (default: families)")
     parser.add_argument("--mlflow-uri", default=None, help="mlflow store (default: the CLI's)")
     parser.add_argument("--train-images", type=int, default=5120, help="calibration / QAT images (-cs, default 5120)")
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finished-only", action="store_true", help="tables of the rows already run only")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.out, problem = output_folder(args.out, "families", args.quick)
+    if problem is not None:
+        parser.error(problem)
     if args.quick:
         args.train_images, args.qat_epochs = 1024, 1
     rows = planned_rows(args.quick, args.qat_epochs)

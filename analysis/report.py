@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 
-from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT
+from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT, output_folder
 from analysis.seed_experiments import COLLECT, EXPERIMENTS
 
 W4A4 = "-pcq_w -pcq_a -sh --qtype int4 -qw int4"
@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=(*FMNIST_MODELS, *IMAGENET_MODELS), default=None,
                         help="default: all five (with --quick: fmnist_resnet20 and efficientnet_lite0)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "report")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: results/report; with --quick results/quick/report)")
     parser.add_argument("--experiment", default="report", help="mlflow experiment of the rows (default: report)")
     parser.add_argument("--mlflow-uri", default=None, help="mlflow store (default: the CLI's)")
     parser.add_argument("--quick", action="store_true", help="five rows, 500 / 40 / 15 images (tests, CI)")
@@ -280,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
                              "the slow on-the-fly clippings); the tables list them as not run")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.out, problem = output_folder(args.out, "report", args.quick)
+    if problem is None and args.quick and args.update_docs is not None:
+        problem = "--update-docs with --quick would put the figures of a quick run into the docs: drop one of them"
+    if problem is not None:
+        parser.error(problem)
     if (problem := check_skip_patterns(args.skip_rows)) is not None:
         parser.error(problem)
     command = " ".join(["python analysis/report.py", *argv])

@@ -43,3 +43,30 @@ def model_data_flags(arch: str, stats_folder: str) -> list[str]:
     if arch.startswith("fmnist"):
         return [*common, "-b", "500"]
     return [*common, "--data", DEVELOPMENT_PHOTOS, "--calib-holdout", "100", "-b", "64"]
+
+
+SCRATCH = REPO_ROOT / "results" / "quick"   # not tracked by git (.gitignore)
+
+
+def tracked_files(folder: Path) -> list[str]:
+    """The files git tracks under ``folder`` (none outside a git checkout)."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "-C", str(REPO_ROOT), "ls-files", "--", str(Path(folder).resolve())],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return listed.stdout.split() if listed.returncode == 0 else []
+
+
+def output_folder(requested: Path | None, name: str, quick: bool) -> tuple[Path, str | None]:
+    """(where a script writes, the problem that stops it or None): ``--out`` when given, else
+    ``results/<name>`` for a full run and ``results/quick/<name>`` for a quick one, which never writes
+    over the committed results of a full run."""
+    if requested is None:
+        return (SCRATCH if quick else REPO_ROOT / "results") / name, None
+    if quick and tracked_files(requested):
+        return requested, (f"--out {requested} holds committed full results, which a --quick run would overwrite: "
+                           "drop --out (quick runs write to results/quick/) or choose another folder")
+    return requested, None
