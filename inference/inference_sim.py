@@ -166,13 +166,15 @@ def evaluate_and_record(args: argparse.Namespace, parser: argparse.ArgumentParse
     """The whole run: checks, the evaluation inside its mlflow run, then the results JSON (rank 0)."""
     from inference.distributed import process_group
     from inference.output_files import write_json_atomically
-    from inference.results_output import log_to_mlflow, results_table, tracked_run
+    from inference.results_output import log_to_mlflow, recipe_label, results_table, tracked_run
     from inference.run import run, run_sweep
+    from inference.settings_flags import methods_from_args
 
     validated, device, data = checked_before_work(args, parser, process)
     arguments = {key: str(value) for key, value in vars(args).items()}
-    with process_group(process, device), tracked_run(arguments, args.mlflow_uri, args.mlexp or args.arch,
-                                                     process) as mlflow:
+    recipe = "precision sweep" if args.ep else recipe_label(validated[1], methods_from_args(args))
+    with process_group(process, device), tracked_run(arguments, args.mlflow_uri, args.mlexp or args.arch, process,
+                                                     f"{args.arch} {recipe}", recipe) as mlflow:
         if args.ep:
             results, table = run_sweep(args, validated, process, device, data)
         else:

@@ -63,16 +63,40 @@ def print_results(results: dict, table) -> None:
     print(f" * Prec@1 {results['top1']:.3f} Prec@5 {results['top5']:.3f}")
 
 
+def recipe_label(config, methods) -> str:
+    """A short name of a recipe for run lists: weights and activation bits (``W4A8``; ``fp32``),
+    the other seeds' kinds, clipping, allocation and corrections, and the methods after the seed,
+    e.g. ``W4A8 laplace bcw block qdrop0.5``."""
+    if config is None:
+        return "fp32"
+    parts = ["".join(f"{letter}{spec.bits}" for letter, spec in (("W", config.weights), ("A", config.activations))
+                     if spec is not None)]
+    kinds = {spec.kind.value for spec in (config.weights, config.activations) if spec is not None and not spec.kind.grid}
+    parts += sorted(kinds)
+    if config.activations is not None and config.activations.clipping != "no":
+        parts.append(config.activations.clipping)
+    for flag, on in (("baa", config.activations is not None and config.activations.bit_allocation),
+                     ("baw", config.weights is not None and config.weights.bit_allocation),
+                     ("bcw", config.bias_correct_weights), ("vcw", config.variance_correct_weights),
+                     ("bca", config.bias_correct_activations), ("improved", all(
+                         getattr(config.departures, name) for name in config.departures.__dataclass_fields__)),
+                     ("equalize", methods.equalize), (methods.rounding.value, methods.learns_rounding),
+                     (f"qdrop{methods.qdrop:g}", methods.qdrop > 0), (f"qat{methods.qat_epochs}", methods.qat_epochs > 0)):
+        if on:
+            parts.append(flag)
+    return " ".join(parts)
+
+
 @contextmanager
-def tracked_run(arguments: dict[str, str], uri: str | None, experiment: str, process):
-    """The mlflow run of this invocation (rank 0 only; None elsewhere), with the command line's
-    ``arguments`` as its parameters."""
+def tracked_run(arguments: dict[str, str], uri: str | None, experiment: str, process, name: str, recipe: str):
+    """The mlflow run of this invocation (rank 0 only; None elsewhere), named ``name``, with the
+    command line's ``arguments`` as its parameters and ``recipe`` as a tag."""
     if not process.is_main:
         yield None
         return
     from inference.tracking import mlflow_run
 
-    with mlflow_run(uri, experiment, {"args": arguments}) as mlflow:
+    with mlflow_run(uri, experiment, {"args": arguments}, name=name, tags={"recipe": recipe}) as mlflow:
         yield mlflow
 
 

@@ -141,22 +141,22 @@ def restored_tracking_environment():
 
 
 @contextmanager
-def mlflow_run(uri: str | None, experiment: str, params: dict):
-    """Start a run and yield the mlflow module; the run ends FINISHED, KILLED if the block is
-    interrupted (KeyboardInterrupt, SIGTERM) or FAILED if it raises. The process environment's
-    MLFLOW_TRACKING_URI is as before afterwards."""
+def mlflow_run(uri: str | None, experiment: str, params: dict, name: str | None = None, tags: dict | None = None):
+    """Start a run named ``name`` with ``tags`` and yield the mlflow module; the run ends FINISHED,
+    KILLED if the block is interrupted (KeyboardInterrupt, SIGTERM) or FAILED if it raises. The
+    process environment's MLFLOW_TRACKING_URI is as before afterwards."""
     with restored_tracking_environment():
-        yield from _mlflow_run(uri, experiment, params)
+        yield from _mlflow_run(uri, experiment, params, name, tags)
 
 
-def _mlflow_run(uri: str | None, experiment: str, params: dict):
+def _mlflow_run(uri: str | None, experiment: str, params: dict, name: str | None, tags: dict | None):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # mlflow's default retries for minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     import mlflow
 
-    for name in ("mlflow.store.db.utils", "alembic"):  # schema-creation chatter on a new store
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for logger in ("mlflow.store.db.utils", "alembic"):  # schema-creation chatter on a new store
+        logging.getLogger(logger).setLevel(logging.WARNING)
 
     with store_errors(uri):
         resolved = tracking_uri(uri)
@@ -167,7 +167,7 @@ def _mlflow_run(uri: str | None, experiment: str, params: dict):
                 location = (Path(resolved[len("sqlite:///"):]).parent / "artifacts" / experiment).as_uri()
             mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)
-        mlflow.start_run()
+        mlflow.start_run(run_name=name, tags=tags)
     try:
         with store_errors(uri):
             mlflow.log_params({key: str(value)[:500] for key, value in flatten("", params, {}).items()})

@@ -22,6 +22,8 @@ def test_runs_are_logged_and_read_back_with_printed_accuracy(run_cli, tmp_path):
     assert abs(table.loc[0, "metrics.avg.entropy.act"] - float(entropy.split(" - ")[1].split()[0])) < 1e-4
     assert table.loc[0, "params.quantization.activations.bits"] == "4"
     assert table.loc[0, "tags.backend"] in ("kernels", "reference")
+    assert table.loc[0, "tags.mlflow.runName"] == "fmnist_resnet20 W4A4 laplace baa baw bcw"
+    assert table.loc[0, "tags.recipe"] == "W4A4 laplace baa baw bcw"
 
 
 def test_bad_flags_leave_no_run_and_failures_are_marked_failed(run_cli, tmp_path):
