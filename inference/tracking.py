@@ -71,7 +71,7 @@ def check_sqlite_store(uri: str) -> None:
             raise TrackingStoreError(f"mlflow store {uri}: {path} is not an sqlite database (damaged or another "
                                      f"kind of file); move it away or {STORE_FIX}")
         try:
-            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as connection:
                 connection.execute("PRAGMA quick_check(1)").fetchall()
         except sqlite3.DatabaseError as error:
             raise TrackingStoreError(f"mlflow store {uri}: {path} is a damaged sqlite database ({error}); move it "
@@ -158,8 +158,8 @@ def _mlflow_run(uri: str | None, experiment: str, params: dict, name: str | None
     for logger in ("mlflow.store.db.utils", "alembic"):  # schema-creation chatter on a new store
         logging.getLogger(logger).setLevel(logging.WARNING)
 
-    with store_errors(uri):
-        resolved = tracking_uri(uri)
+    resolved = tracking_uri(uri)
+    with store_errors(uri), taking_turns(resolved):
         mlflow.set_tracking_uri(resolved)
         if mlflow.get_experiment_by_name(experiment) is None:
             location = None
@@ -180,6 +180,25 @@ def _mlflow_run(uri: str | None, experiment: str, params: dict, name: str | None
         raise
     with store_errors(uri):
         mlflow.end_run(status="FINISHED")
+
+
+@contextmanager
+def taking_turns(uri: str):
+    """Runs that start at once against one sqlite store create its tables, migrate them and create
+    their experiment one after the other (an exclusive lock on ``<database>.lock`` beside it):
+    mlflow's schema migration is not safe against itself and would leave a half-migrated store."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(uri[len("sqlite:///"):])
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def end_run_quietly(mlflow, status: str) -> None:

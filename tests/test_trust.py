@@ -83,3 +83,20 @@ def test_written_files_have_the_permissions_of_the_umask(tmp_path):
     assert len(shared) == 6   # results, report, two statistics files, the model and its encodings
     assert all(mode == 0o644 for mode in shared.values()), shared
     assert all(mode == 0o600 for mode in private.values()), private
+
+
+@pytest.mark.parametrize("runs", [2, 4])
+def test_runs_started_at_once_on_a_fresh_store_all_finish_and_are_logged(tmp_path, runs):
+    import sqlite3
+
+    store = tmp_path / "mlruns" / "mlflow.db"
+    store.parent.mkdir()
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    started = [subprocess.Popen([sys.executable, "-m", "inference.inference_sim", *FAST, "-ss", "20"],
+                                env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(runs)]
+    failures = [process.communicate(timeout=600)[1] for process in started if process.wait(timeout=600) != 0]
+    assert not failures, failures
+    with sqlite3.connect(store) as connection:
+        statuses = [status for (status,) in connection.execute("SELECT status FROM runs")]
+    assert statuses == ["FINISHED"] * runs
