@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from inference.errors import UserError
+from pytorch_quantizer.formats.safe_io import file_problem
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN = 0.2860
@@ -111,10 +112,11 @@ def size_mismatch(path: Path, actual: int, expected: int) -> UserError:
 
 def find_split_file(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.gz", folder / stem):
-        if candidate.is_file():
+        problem = file_problem(candidate)
+        if problem is None:
             return candidate
-        if candidate.exists():
-            raise UserError(f"{candidate}: is a folder, not an idx file; move it away, then {MISSING_HINT}")
+        if problem != "does not exist":
+            raise UserError(f"{candidate}: {problem.replace('a file', 'an idx file')}; move it away, then {MISSING_HINT}")
     raise UserError(f"Fashion-MNIST file {stem}(.gz) not found in {folder}; {MISSING_HINT}")
 
 

@@ -71,6 +71,18 @@ class BadImageFile(UserError):
         self.path = path
 
 
+@functools.cache
+def quiet_decompression_bomb_warnings() -> None:
+    """PIL warns on stderr, outside the CLI's one-line format, about images above its pixel limit;
+    ``decode_rgb`` says so itself, once per file, through logging (warning filters are process-wide,
+    so this is installed once rather than around each decode in the decoding threads)."""
+    import warnings
+
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def decode_rgb(path: Path):
     """The image of ``path`` fully decoded to RGB (PIL decodes lazily, so ``convert`` is inside the guard).
 
@@ -81,6 +93,7 @@ def decode_rgb(path: Path):
     """
     from PIL import Image, UnidentifiedImageError
 
+    quiet_decompression_bomb_warnings()
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -90,6 +103,11 @@ def decode_rgb(path: Path):
         raise BadImageFile(path, "cannot be decoded as an image (empty file, 0 bytes)", "remove or replace it")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+                LOG.warning("image file %s has %d x %d pixels (%.0f megapixels), more than PIL's limit of %.0f "
+                            "megapixels for untrusted files; decoded anyway (it is resized to the model's input)",
+                            path, image.width, image.height, image.width * image.height / 1e6,
+                            Image.MAX_IMAGE_PIXELS / 1e6)
             return image.convert("RGB")
     except UnidentifiedImageError:
         reason = "not an image format PIL recognises"

@@ -142,14 +142,14 @@ def parse_command_line(argv: list[str] | None) -> tuple[argparse.ArgumentParser,
 
 def checked_before_work(args: argparse.Namespace, parser: argparse.ArgumentParser, process):
     """Flags, outputs, the tracking store (rank 0), the device and the data, in that order:
-    everything the user can get wrong is found before a model is loaded or a run is started."""
+    everything the user can get wrong is found before a model is loaded or a run is started. The
+    warnings about flags that change nothing come after these checks, so that an error that stops
+    the run is never preceded by them."""
     from inference.quant_flags import no_op_warnings
-    from inference.run import prepare_run_data
+    from inference.run import data_warnings, prepare_run_data
     from inference.tracking import check_tracking_store
     from inference.validation import validate_command_line
 
-    for warning in no_op_warnings(args):
-        logging.getLogger(__name__).warning(warning)
     validated = validate_command_line(args, parser)
     if process.is_main:
         check_tracking_store(args.mlflow_uri)
@@ -159,6 +159,8 @@ def checked_before_work(args: argparse.Namespace, parser: argparse.ArgumentParse
         raise UserError(f"--qat-epochs needs training images disjoint from the evaluated ones, and {args.arch} has no "
                         "training split here (no train/ folder): pass --calib-holdout N (labelled images held out "
                         "of the evaluated set), or put labelled class folders in the data folder's train/")
+    for warning in [*no_op_warnings(args), *data_warnings(args)]:
+        logging.getLogger(__name__).warning(warning)
     return validated, device, data
 
 

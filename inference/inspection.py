@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from inference.distributed import ProcessInfo
+from inference.errors import UserError
 from pytorch_quantizer.api.evaluation import EvalResult, Fidelity, evaluate
+from pytorch_quantizer.errors import QuantizationError
 from inference.output_files import save_tensors, write_csv_atomically
 from inference.progress import progress_bars
 from pytorch_quantizer.model.graph import GEMM_LAYERS
@@ -92,6 +94,13 @@ def capturing_first_batch(model: nn.Module):
             handle.remove()
 
 
+def nothing_decoded(what: str, flag: str, skipped: list[str]) -> str:
+    """The error of a run whose every (evaluated or calibration) image file was skipped as undecodable."""
+    example = f", e.g. {skipped[0]}" if skipped else ""
+    return (f"--skip-bad-images: none of the {what} image files could be decoded ({len(skipped)} skipped{example}); "
+            f"check {flag}")
+
+
 def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_freq: int, process: ProcessInfo,
                        inspection: Inspection, reference: nn.Module | None = None,
                        ) -> tuple[EvalResult, Fidelity | None, dict[str, str]]:
@@ -102,9 +111,14 @@ def evaluate_inspected(model: nn.Module, loader, device: torch.device, print_fre
     dumping = inspection.dump_file is not None and process.is_main
     measuring = measuring_activations(model) if inspection.stats_csv is not None else nullcontext({})
     with measuring as accumulators, capturing_first_batch(model) if dumping else nullcontext({}) as captured:
-        result, fidelity = evaluate(model, loader, device, print_freq, progress=progress_bars(process.is_main),
-                                    sum_over_processes=process.sum, reference=reference,
-                                    max_over_processes=process.maximum)
+        try:
+            result, fidelity = evaluate(model, loader, device, print_freq, progress=progress_bars(process.is_main),
+                                        sum_over_processes=process.sum, reference=reference,
+                                        max_over_processes=process.maximum)
+        except QuantizationError as error:
+            if error.code != "no_images":
+                raise
+            raise UserError(nothing_decoded("evaluated", "--data", getattr(loader, "skipped", []))) from None
     if dumping:
         save_tensors({**captured, "labels": next(iter(loader))[1]}, inspection.dump_file)
         files["dump_file"] = str(inspection.dump_file)

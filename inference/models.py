@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from inference.errors import UserError
-from pytorch_quantizer.formats.safe_io import safe_torch_load
+from pytorch_quantizer.formats.safe_io import file_problem, safe_torch_load
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_DIR = REPO_ROOT / "inference" / "checkpoints"
@@ -212,10 +212,11 @@ def load_state_dict_file(path: Path) -> dict:
     """
     from pytorch_quantizer.formats.state_checks import describe, non_finite_problem, tensor_dict_problem
 
-    if path.is_dir():
-        raise UserError(f"weights file {path} is a folder, not a file; {WEIGHTS_FIX}")
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "does not exist":
         raise UserError(f"weights file {path} does not exist; pass an existing state dict with --weights")
+    if problem is not None:
+        raise UserError(f"weights file {path} {problem}; {WEIGHTS_FIX}")
     loaded = safe_torch_load(path, WEIGHTS_FIX)
     for key in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
@@ -274,7 +275,7 @@ def weights_path(model: str | ModelSpec, weights: Path | None = None) -> Path:
     spec = as_spec(model)
     name = spec.name
     path = weights or spec.default_weights()
-    if weights is None and not path.is_file():
+    if weights is None and file_problem(path) is not None:
         raise UserError(f"{name}: weights not found at {path} ({spec.weights_source}); {spec.weights_hint}, "
                         "or pass --weights PATH, or --random-init for an architecture-only run")
     return path

@@ -7,6 +7,7 @@ from pathlib import Path
 from inference.errors import UserError
 from inference.quant_flags import other_seeds_kind, positive_float
 from pytorch_quantizer.api.options import DEFAULT_QAT_LR
+from pytorch_quantizer.formats.safe_io import file_problem
 
 DEFAULT_QAT_BATCH = 128
 
@@ -54,6 +55,8 @@ def check_qat_flags(args: argparse.Namespace) -> None:
                         "--calib-holdout N, or put labelled class folders in the data folder's train/")
     if args.bcw or args.vcw:
         raise UserError(f"{flag}: -bcw / -vcw correct post-training rounding, which fine-tuning learns: drop them")
-    if args.load_qat is not None and not args.load_qat.is_file():
-        raise UserError(f"--load-qat {args.load_qat}: no such file; save it again with --qat-epochs N --save-qat PATH "
+    problem = file_problem(args.load_qat) if args.load_qat is not None else None
+    if problem is not None:
+        what = "no such file" if problem == "does not exist" else problem
+        raise UserError(f"--load-qat {args.load_qat}: {what}; save it again with --qat-epochs N --save-qat PATH "
                         "(same model and --qtype / -qw)")

@@ -4,7 +4,6 @@ gathered into the results dict that is printed, written as JSON and logged to ml
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from pathlib import Path
 
@@ -15,10 +14,14 @@ def prepare_run_data(args: argparse.Namespace, spec):
     """The evaluated and calibration images: folders scanned and checked before any run starts."""
     from inference.data import prepare_data
 
-    if args.calib_data is not None and not calibrates(args):
-        logging.getLogger(__name__).warning("--calib-data: this run calibrates nothing (no -sm collect, -ac or -bca); "
-                                            "the folder is only recorded")
     return prepare_data(spec, args.data, calibration_choice(args), args.seed)
+
+
+def data_warnings(args: argparse.Namespace) -> list[str]:
+    """Data flags that this run takes but does not use: one sentence each."""
+    if args.calib_data is not None and not calibrates(args):
+        return ["--calib-data: this run calibrates nothing (no -sm collect, -ac or -bca); the folder is only recorded"]
+    return []
 
 
 def run(args: argparse.Namespace, validated=None, process=None, device=None, data=None) -> dict:

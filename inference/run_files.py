@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference.errors import UserError
+from pytorch_quantizer.formats.safe_io import file_problem
 from pytorch_quantizer.api.options import Methods, Rounding
 from pytorch_quantizer.api.recipe import RecipeState
 from pytorch_quantizer.quantizers.config import QuantConfig
@@ -141,11 +142,30 @@ def save_rounding_file(files: RecipeFiles, config: QuantConfig, methods: Methods
     return path
 
 
+def check_collect_targets(files: RecipeFiles, config: QuantConfig, methods: Methods) -> None:
+    """-sm collect will write the statistics of both granularities (and a learned rounding): none of
+    those paths may be a folder or a special file, found before any work rather than after calibrating."""
+    if not files.collects or config.activations is None:
+        return
+    targets = [files.statistics_path(True), files.statistics_path(False)]
+    if methods.learns_rounding:
+        targets.append(files.rounding_path(methods))
+    for path in targets:
+        problem = file_problem(path)
+        if problem not in (None, "does not exist"):
+            raise UserError(f"-sm collect would write {path}, which {problem}; move it away or point -sf at another "
+                            "folder")
+
+
 def require_statistics_file(files: RecipeFiles, config: QuantConfig) -> None:
     """-sm use needs an existing file: checked before any work."""
     if files.uses:
         path = files.statistics_path(config.activations.per_channel)
-        if not path.is_file():
+        problem = file_problem(path)
+        if problem == "does not exist":
             raise UserError(f"-sm use: no statistics file {path} for {files.model_name}; run with -sm collect first "
                             "(same -pcq_a, --act-quant-point and --equalize) or point -sf at its folder")
+        if problem is not None:
+            raise UserError(f"-sm use: statistics file {path} {problem}; move it away and run with -sm collect, or "
+                            "point -sf at another folder")
 

@@ -4,17 +4,20 @@ export when asked."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from inference.data import LoaderOptions, RunData
 from inference.deployment import export_and_verify
-from inference.inspection import Inspection, evaluate_inspected
+from inference.errors import UserError
+from inference.inspection import Inspection, evaluate_inspected, nothing_decoded
 from inference.progress import progress_bars
 from inference.run_files import RecipeFiles, StoredState, save_collected, save_rounding_file, statistics_description
 from pytorch_quantizer.api.evaluation import EvalResult, Fidelity
 from pytorch_quantizer.api.options import Methods, Statistics
+from pytorch_quantizer.errors import QuantizationError
 from pytorch_quantizer.quantizers.config import QuantConfig
 
 LOG = logging.getLogger(__name__)
@@ -87,7 +90,7 @@ def simulate(model: torch.nn.Module, config: QuantConfig, methods: Methods, file
                                                      both_granularities=files.collects),
         state=stored, device=device, progress=progress_bars(process.is_main), processes=process,
         measure_error=evaluation.measure_error)
-    with quantize_with_inputs(model, config, methods, inputs, fingerprint) as network:
+    with recipe_errors(calibration), quantize_with_inputs(model, config, methods, inputs, fingerprint) as network:
         recipe = network.report
         result = SimulationResult(EvalResult(0, 0, 0, 0), statistics_description(
             files, config, calibration, stored.calibration_images), equalization=recipe.equalization,
@@ -116,6 +119,22 @@ def simulate(model: torch.nn.Module, config: QuantConfig, methods: Methods, file
     if result.calibration_overlaps_eval:
         LOG.warning("calibration images overlap the evaluated ones: %s", result.calibration)
     return result
+
+
+@contextmanager
+def recipe_errors(calibration):
+    """The recipe's errors about this run's data in the CLI's words: calibration batches that hold no
+    image because every file was skipped as undecodable."""
+    try:
+        yield
+    except QuantizationError as error:
+        if error.code != "empty_calibration" or calibration is None:
+            raise
+        skipped = list(getattr(calibration.loader, "skipped", []))
+        if skipped:
+            raise UserError(nothing_decoded("calibration", "--calib-data", skipped)) from None
+        raise UserError(f"the calibration images of {calibration.source} are empty: pass -cs N with a calibration "
+                        "split that holds images") from None
 
 
 def write_learned_files(files: RecipeFiles, config: QuantConfig, methods: Methods, network, calibration,

@@ -35,18 +35,28 @@ def check_tracking_store(requested: str | None) -> str:
     """The resolved tracking URI, once it is known to be usable: an sqlite file that is a database in
     a writable folder, or a server that answers ``/health`` within ``SERVER_TIMEOUT_SECONDS``."""
     uri = tracking_uri(requested)
-    scheme = urlparse(uri).scheme
+    parsed = urlparse(uri)
+    scheme = parsed.scheme
     if scheme == "sqlite":
         check_sqlite_store(uri)
     elif scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise TrackingStoreError(f"mlflow store {uri}: names no server host (http://HOST:PORT); {STORE_FIX}")
         check_server(uri)
+    elif scheme == "" and not file_stores_allowed():
+        raise TrackingStoreError(f"mlflow store {uri}: is not a tracking URI (no scheme such as sqlite: or http:; a "
+                                 "folder store needs MLFLOW_ALLOW_FILE_STORE=true); " + STORE_FIX)
     elif scheme in ("", "file"):
-        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        if not file_stores_allowed():
             raise TrackingStoreError(f"mlflow store {uri}: mlflow 3 refuses folder (file:) stores unless "
                                      f"MLFLOW_ALLOW_FILE_STORE=true; {STORE_FIX}")
     else:
         raise TrackingStoreError(f"mlflow store {uri}: scheme {scheme!r} is not supported here; {STORE_FIX}")
     return uri
+
+
+def file_stores_allowed() -> bool:
+    return os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() == "true"
 
 
 def check_sqlite_store(uri: str) -> None:

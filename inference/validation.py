@@ -111,8 +111,8 @@ def validate(args: argparse.Namespace):
     from inference.onnx_flags import check_onnx_flags
     from inference.qat_flags import check_qat_flags
     from inference.quant_flags import quant_config_from_args
-    from inference.run_files import require_statistics_file
-    from inference.settings_flags import recipe_files_from_args
+    from inference.run_files import check_collect_targets, require_statistics_file
+    from inference.settings_flags import methods_from_args, recipe_files_from_args
 
     if args.weights is not None and args.random_init:
         raise UserError("--weights and --random-init contradict each other; pass only one")
@@ -130,7 +130,9 @@ def validate(args: argparse.Namespace):
     config = quant_config_from_args(args, spec)
     check_onnx_flags(args, config)
     if config is not None:
-        require_statistics_file(recipe_files_from_args(args), config)
+        files = recipe_files_from_args(args)
+        require_statistics_file(files, config)
+        check_collect_targets(files, config, methods_from_args(args))
     elif args.report_csv is not None or args.compare_fp32:
         flag = "--report-csv" if args.report_csv is not None else "--compare-fp32"
         raise UserError(f"{flag} concerns a quantized model: add --qtype intN and/or -qw intN")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pytorch_quantizer.errors import QuantizationError
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -69,7 +71,7 @@ class AccuracyCounter:
             counts, loss = sum_over_processes(counts), sum_over_processes(loss)
         correct1, correct5, images = (int(value) for value in counts)
         if images == 0:
-            raise ValueError("the loader yielded no images")
+            raise QuantizationError("the loader yielded no images: pass (images, labels) batches", code="no_images")
         return EvalResult(100.0 * correct1 / images, 100.0 * correct5 / images, float(loss) / images, images)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -97,7 +97,20 @@ class RecipeInputs:
 
 
 def wrapped(progress: Progress | None, iterable: Iterable, description: str) -> Iterable:
-    return progress(iterable, description) if progress is not None else iterable
+    """One pass over ``iterable`` (inside ``progress`` when given), which must hold a batch."""
+    return not_empty(progress(iterable, description) if progress is not None else iterable, description)
+
+
+def not_empty(batches: Iterable, description: str) -> Iterator:
+    """The batches, and a QuantizationError at their end if there were none (an empty loader, or one
+    whose every image could not be read)."""
+    seen = False
+    for item in batches:
+        seen = True
+        yield item
+    if not seen:
+        raise QuantizationError(f"the {description} batches hold no images: pass at least one batch",
+                                code="empty_calibration", field="calibration")
 
 
 def first_images(batches: Iterable) -> torch.Tensor:
@@ -105,7 +118,8 @@ def first_images(batches: Iterable) -> torch.Tensor:
 
     for item in batches:
         return batch_images(item)
-    raise QuantizationError("the calibration images are empty: pass at least one batch", field="calibration")
+    raise QuantizationError("the calibration batches hold no images: pass at least one batch", code="empty_calibration",
+                            field="calibration")
 
 
 def check_methods(config: QuantConfig, methods: Methods, inputs: RecipeInputs) -> None:
@@ -291,7 +305,7 @@ def settle_rounding(quantized: QuantizedModel, methods: Methods, inputs: RecipeI
         state.rounding = dict(stored)
         report.rounding = {"rounding_seconds": round(time.perf_counter() - start, 3)}
         return
-    images = torch.cat([batch_images(item) for item in inputs.calibration]).to(inputs.device)
+    images = torch.cat([batch_images(item) for item in not_empty(inputs.calibration, "calibration")]).to(inputs.device)
     options = RoundingOptions(methods.rounding_steps, methods.rounding_batch, quantized.config.seed, methods.qdrop)
     blocks = methods.rounding == Rounding.BLOCK
     learn = learn_block_rounding if blocks else learn_model_rounding

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from pytorch_quantizer.errors import QuantizationError
-from pytorch_quantizer.formats.safe_io import load_tool_file, write_atomically
+from pytorch_quantizer.formats.safe_io import file_problem, load_tool_file, write_atomically
 from pytorch_quantizer.formats.state_checks import level_plan_problem
 from pytorch_quantizer.methods.trained_state import TrainedState
 from pytorch_quantizer.quantizers.families import LevelPlan
@@ -34,8 +34,10 @@ def load_qat(path: Path, model_name: str, recipe: str, shapes: dict[str, tuple[t
     """A saved fine-tuned state, after checking format, model, weights, recipe, layer names, shapes,
     finiteness and the activation plans' levels; ``shapes``: {layer: (weight shape, bias shape or
     None)} of the model it is for."""
-    if not path.is_file():
-        raise QuantizationError(f"{path}: no such QAT file; {fix}", code="missing_file")
+    problem = file_problem(path)
+    if problem is not None:
+        raise QuantizationError(f"QAT file {path} {problem}; {fix}",
+                                code="missing_file" if problem == "does not exist" else "not_a_file")
     payload = load_tool_file(path, FORMAT, VERSION, "QAT file", fix, unfingerprinted=(1,))
     if payload.get("model") != model_name or payload.get("recipe") != recipe:
         raise QuantizationError(f"{path} was trained for {payload.get('model')!r:.40} with {payload.get('recipe')!r:.80}, "

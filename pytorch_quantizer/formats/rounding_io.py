@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pytorch_quantizer.errors import QuantizationError
-from pytorch_quantizer.formats.safe_io import load_tool_file, write_atomically
+from pytorch_quantizer.formats.safe_io import file_problem, load_tool_file, write_atomically
 
 FORMAT, VERSION = "ptq-rounding", 2
 
@@ -29,10 +29,11 @@ def load_rounding(path: Path, model_name: str, recipe: str, weight_shapes: dict[
                   fix: str, fingerprint: str | None = None) -> dict[str, torch.Tensor]:
     """{layer: rounding as float 0 / 1} after checking format, model, weights, recipe, layers,
     shapes and values; ``weight_shapes``: the layers with integer-grid weights in this run."""
-    if path.is_dir():
-        raise QuantizationError(f"learned rounding {path} is a folder, not a file; {fix}", code="not_a_file")
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "does not exist":
         raise QuantizationError(f"no learned rounding {path} for {model_name}; {fix}", code="missing_file")
+    if problem is not None:
+        raise QuantizationError(f"learned rounding {path} {problem}; {fix}", code="not_a_file")
     payload = load_tool_file(path, FORMAT, VERSION, "rounding file", fix, unfingerprinted=(1,))
     if payload.get("model") != model_name or payload.get("recipe") != recipe:
         raise QuantizationError(f"{path} was learned for {payload.get('model')!r:.40} with another recipe "

@@ -12,6 +12,26 @@ from typing import Callable
 from pytorch_quantizer.errors import QuantizationError
 
 
+SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                 (stat.S_ISBLK, "a block device"))
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read ("does not exist", "is a folder, not a file", "is a
+    named pipe, not a regular file"), or None. Checked before opening: reading a named pipe that
+    nobody writes would wait for ever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    kind = next((name for test, name in SPECIAL_FILES if test(mode)), None)
+    return f"is {kind}, not a regular file" if kind is not None else None
+
+
 def safe_torch_load(path: Path, fix: str):
     """``torch.load(path, weights_only=True)`` with every failure turned into a one-line QuantizationError.
 
@@ -20,6 +40,9 @@ def safe_torch_load(path: Path, fix: str):
     """
     import torch
 
+    problem = file_problem(path)
+    if problem is not None and problem != "does not exist":
+        raise QuantizationError(f"{path} {problem}; {fix}", code="not_a_file")
     if has_no_torch_save_header(path):
         raise QuantizationError(f"{path} is corrupt, truncated or not a torch.save file (it starts with neither a zip "
                          f"archive nor a pickle); {fix}")

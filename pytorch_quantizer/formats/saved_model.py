@@ -22,7 +22,7 @@ import torch
 from pytorch_quantizer.version import __version__
 from pytorch_quantizer.errors import QuantizationError
 from pytorch_quantizer.formats import state_checks
-from pytorch_quantizer.formats.safe_io import load_tool_file, write_atomically
+from pytorch_quantizer.formats.safe_io import file_problem, load_tool_file, write_atomically
 from pytorch_quantizer.methods.trained_state import TrainedState
 from pytorch_quantizer.model.observers import StatsAccumulator
 from pytorch_quantizer.quantizers.families import LevelPlan
@@ -95,10 +95,11 @@ def _level_plans(path: Path, what: str, value, fix: str) -> dict[str, LevelPlan]
 def load_model_state(path: Path, fix: str) -> dict:
     """The saved payload, checked for format, version and sound contents; ``statistics`` as
     accumulators, ``rounding`` as float 0 / 1, plans as LevelPlans, ``trained`` as a TrainedState."""
-    if path.is_dir():
-        raise QuantizationError(f"{path} is a folder, not a saved quantized model; {fix}", code="not_a_file")
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "does not exist":
         raise QuantizationError(f"{path}: no such saved quantized model; {fix}", code="missing_file")
+    if problem is not None:
+        raise QuantizationError(f"saved quantized model {path} {problem}; {fix}", code="not_a_file")
     payload = load_tool_file(path, FORMAT, VERSION, "saved quantized model", fix)
     for key, kind in (("fingerprint", str), ("config", dict), ("methods", dict), ("input_shape", list)):
         if not isinstance(payload.get(key), kind):

@@ -18,7 +18,7 @@ from pytorch_quantizer.version import __version__
 from pytorch_quantizer.formats import state_checks
 from pytorch_quantizer.errors import QuantizationError
 from pytorch_quantizer.model.observers import StatsAccumulator
-from pytorch_quantizer.formats.safe_io import safe_torch_load, write_atomically
+from pytorch_quantizer.formats.safe_io import file_problem, safe_torch_load, write_atomically
 
 FORMAT = "ptq-statistics"
 FORMAT_VERSION = 3
@@ -117,10 +117,10 @@ def load_statistics(path: Path, model: str, per_channel: bool, act_quant_point: 
     ranges), and, when given, the fingerprint of the weights and the ``recipe`` they were collected
     with. Every problem is a one-line QuantizationError naming the file, the layer and the key and
     ending with ``fix``; ``settings`` name the granularity and quantization point settings to match."""
-    if path.is_dir():
-        raise QuantizationError(f"statistics file {path} is a folder, not a file; {fix}")
-    if not path.is_file():
-        raise QuantizationError(f"statistics file {path} does not exist; {fix}")
+    problem = file_problem(path)
+    if problem is not None:
+        raise QuantizationError(f"statistics file {path} {problem}; {fix}",
+                                code="missing_file" if problem == "does not exist" else "not_a_file")
     payload = safe_torch_load(path, fix)
     if not isinstance(payload, dict) or not isinstance(payload.get("format"), str) or payload["format"] != FORMAT:
         raise QuantizationError(f"{path} is not a statistics file of this tool; {fix}")
