@@ -231,7 +231,8 @@ def test_unusable_tracking_stores_fail_fast_with_one_line(run_cli, tmp_path):
     not_a_db.write_text("hello")
     for uri, named in (("http://127.0.0.1:9", "does not answer"), (f"sqlite:///{regular}/m.db", "is a file"),
                        (f"sqlite:///{corrupt}", "damaged"), (f"sqlite:///{not_a_db}", "not an sqlite database"),
-                       ("sqlite://", "sqlite URI"), ("ftp://host/x", "not supported"), ("relative/folder", "file:")):
+                       ("sqlite://", "sqlite URI"), ("ftp://host/x", "not supported"),
+                       ("relative/folder", "not a tracking URI")):
         start = time.perf_counter()
         code, _, stderr = run_cli(*FAST, "--mlflow-uri", uri)
         assert_one_error_line(code, stderr, named)
