@@ -48,7 +48,7 @@ def test_a_small_cnn_of_our_own_at_w8a8_static_and_w4a8_block_reconstruction(sma
     pq.save(qmodel, tmp_path / "small.w8a8.pt")
     reloaded = pq.load(fresh_copy(small_cnn), tmp_path / "small.w8a8.pt")
     assert torch.equal(reloaded(test), qmodel(test))
-    assert fidelity.top1_agreement >= 90 and accuracy.top1 == fidelity.top1_agreement
+    assert fidelity.top1_agreement >= 90 and accuracy.top1 >= 90   # labels: the float model's own classes
     with torch.no_grad():
         assert sqnr_db(small_cnn(test), qmodel(test)) > 25
     assert qmodel.report.statistics == "calibrated" and not qmodel.report.unquantized_layers

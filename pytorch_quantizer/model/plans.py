@@ -70,13 +70,26 @@ def plan_layers(model: nn.Module, config: QuantConfig, graph: ModelGraph) -> dic
             activation = weight = None
         elif kept:
             activation, weight = kept_at(activation, 8, min_max_per_tensor=True), kept_at(weight, 8)
+        weight_bits, activation_bits = config.bits_of(name)
+        weight, activation = at_layer_bits(weight, weight_bits), at_layer_bits(activation, activation_bits)
         flat = not has_spatial_extent(shapes.get(name, ()))
         if flat:
             activation = per_tensor(activation)
         fused_activation = graph.activation_after.get(name) if at_output else None
         plans[name] = LayerPlan(name, type(module).__name__, activation, weight, fused_activation, kept, kept or flat)
     check_patterns_match(list(plans), config)
+    unknown = [name for name, _, _ in config.layer_bits if name not in plans]
+    if unknown:
+        raise QuantizationError(f"layer_bits names {unknown[0]}, which is not a Conv2d / Linear layer of the model",
+                                code="layer_bits_unknown_layer", field="layer_bits", detail=unknown[0])
     return plans
+
+
+def at_layer_bits(spec: TensorQuantSpec | None, bits: int | None) -> TensorQuantSpec | None:
+    """``spec`` at a layer's own ``bits`` (a mixed-precision plan); an allocation then targets them."""
+    if spec is None or bits is None:
+        return spec
+    return replace(spec, bits=bits, allocation_target=float(bits) if spec.bin_allocation else None)
 
 
 def check_patterns_match(layer_names: list[str], config: QuantConfig) -> None:

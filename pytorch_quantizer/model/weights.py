@@ -22,13 +22,11 @@ WEIGHT_AXIS = 0
 
 
 @torch.no_grad()
-def quantize_weight(quantized, name: str) -> None:
-    """The layer's weight quantized from its float weight per its plan (with its learned rounding,
-    if any), corrected, with its measures (codes, error) recorded."""
-    module = quantized.model.get_submodule(name)
-    spec: TensorQuantSpec = quantized.plans[name].weight
-    config = quantized.config
-    weight = quantized.float_params[name][0].to(module.weight.device)
+def weight_values(weight: torch.Tensor, spec: TensorQuantSpec, config, up: torch.Tensor | None = None,
+                  seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, LayerMeasures]:
+    """(quantized and corrected values, integer codes, measures) of a float ``weight`` per ``spec``:
+    k-means, the other seeds' kinds, or the GEMMLOWP grid, rounded to nearest (stochastically with
+    ``seed``) or by a learned rounding ``up``."""
     measures = LayerMeasures(elements=weight.numel())
     if spec.kind == WeightKind.KMEANS:
         values, codes = kmeans_quantize(weight, spec.bits, spec.per_channel, config.seed)
@@ -38,9 +36,8 @@ def quantize_weight(quantized, name: str) -> None:
         measures.mean_bits = float(spec.bits)
     else:
         plan = plan_quantization(observe(weight, observed_layer(spec, WEIGHT_AXIS)), spec, config, False, weights=True)
-        up = quantized.weight_roundings.get(name)
         if up is None:
-            outcome = apply_plan(weight, plan, WEIGHT_AXIS, seed=quantized.rounding_seed(), want_codes=True)
+            outcome = apply_plan(weight, plan, WEIGHT_AXIS, seed=seed, want_codes=True)
             values, codes = outcome.values, outcome.codes
         else:
             grid = Grid(plan.scale, plan.zero_point, plan.qmax)
@@ -50,6 +47,17 @@ def quantize_weight(quantized, name: str) -> None:
         measures.clip_mean = float(((plan.hi - plan.lo) / 2).mean())
     if config.bias_correct_weights or config.variance_correct_weights:
         values = correct_weights(weight, values, config.bias_correct_weights, config.variance_correct_weights)
+    return values, codes, measures
+
+
+@torch.no_grad()
+def quantize_weight(quantized, name: str) -> None:
+    """The layer's weight quantized from its float weight per its plan (with its learned rounding,
+    if any), corrected, with its measures (codes, error) recorded."""
+    module = quantized.model.get_submodule(name)
+    weight = quantized.float_params[name][0].to(module.weight.device)
+    values, codes, measures = weight_values(weight, quantized.plans[name].weight, quantized.config,
+                                            quantized.weight_roundings.get(name), quantized.rounding_seed())
     measures.add_codes(codes)
     measures.add_error(weight, values)
     quantized.weight_measures[name] = measures

@@ -142,7 +142,10 @@ class QuantConfig:
     a following ReLU / ReLU6 fused as a range starting at 0), INPUT quantizes what each GEMM reads;
     ``int32_bias``: with fixed activation ranges, the bias of a layer whose input lies on an
     activation grid is rounded to its accumulator grid (``QuantizedModel.bias_scales``), as integer
-    runtimes hold it.
+    runtimes hold it; ``layer_bits``: per-layer bit widths (layer name, weight bits or None,
+    activation bits or None) that replace the recipe's at those layers (a mixed-precision plan,
+    ``methods.mixed_precision``); bit allocation then allocates between the layer's channels at
+    the layer's bits.
     """
 
     activations: TensorQuantSpec | None = None
@@ -163,8 +166,10 @@ class QuantConfig:
     keep_fp: tuple[str, ...] = ()
     seed: int = 0
     departures: Departures = Departures()
+    layer_bits: tuple[tuple[str, int | None, int | None], ...] = ()
 
     def __post_init__(self):
+        self.check_layer_bits()
         if (self.bias_correct_weights or self.variance_correct_weights) and self.weights is None:
             raise QuantizationError("bias_correct_weights / variance_correct_weights need quantized weights: set weights",
                                     code="correction_needs_weights", field="weights")
@@ -203,6 +208,31 @@ class QuantConfig:
             raise QuantizationError(f"{weights.kind.value} weights are defined per layer: set weights.per_channel=False",
                                     code="per_layer_kind_per_channel", field="weights.per_channel",
                                     detail=weights.kind.value)
+
+    def check_layer_bits(self) -> None:
+        """Per-layer bit widths: integers within the bit range, on integer grids of tensors the recipe quantizes."""
+        names = [entry[0] if isinstance(entry, (tuple, list)) and len(entry) == 3 else None for entry in self.layer_bits]
+        if None in names or not all(isinstance(name, str) and name for name in names):
+            raise QuantizationError("layer_bits holds (layer name, weight bits or None, activation bits or None) "
+                                    "triples", field="layer_bits")
+        if len(set(names)) != len(names):
+            raise QuantizationError("layer_bits names a layer twice", field="layer_bits")
+        for name, *bits in self.layer_bits:
+            for tensor, spec, value in (("weights", self.weights, bits[0]), ("activations", self.activations, bits[1])):
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+                    raise QuantizationError(f"layer_bits of layer {name}: {tensor} bits must be an integer within "
+                                            f"{MIN_BITS}..{MAX_BITS}, got {value!r}", field="layer_bits")
+                if spec is None or spec.kind != WeightKind.INT:
+                    raise QuantizationError(f"layer_bits of layer {name} sets {tensor} bits, which the recipe does not "
+                                            f"quantize on an integer grid: set {tensor}.kind=WeightKind.INT",
+                                            field="layer_bits")
+
+    def bits_of(self, layer: str) -> tuple[int | None, int | None]:
+        """The (weight, activation) bits ``layer_bits`` gives ``layer`` (None: the recipe's)."""
+        return next(((weights, activations) for name, weights, activations in self.layer_bits if name == layer),
+                    (None, None))
 
     @property
     def enabled(self) -> bool:
@@ -249,6 +279,9 @@ def config_from_dict(data: dict) -> QuantConfig:
         for name in ("keep_8bit", "keep_fp"):
             if name in fields:
                 fields[name] = tuple(fields[name])
+        if "layer_bits" in fields:
+            fields["layer_bits"] = tuple(tuple(entry) if isinstance(entry, list) else entry
+                                         for entry in fields["layer_bits"])
         if "departures" in fields:
             fields["departures"] = Departures(**fields["departures"])
         return QuantConfig(**fields)
