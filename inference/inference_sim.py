@@ -17,9 +17,10 @@ from pathlib import Path
 from inference.errors import UserError
 from inference.model_flags import add_model_flags, spec_from_args
 from inference.qat_flags import add_qat_flags
-from inference.quant_flags import add_quantization_flags
+from inference.quant_flags import add_quantization_flags, positive_float
 from inference.seed_compat import add_rejected_seed_flags, translate_seed_long_names
 from inference.onnx_flags import add_onnx_flags
+from inference.precision_flags import add_precision_flags
 from inference.weight_method_flags import add_weight_method_flags
 from inference.validation import resolve_device
 
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_qat_flags(parser, positive_int, non_negative_int)
     add_weight_method_flags(parser, positive_int)
     add_onnx_flags(parser)
+    add_precision_flags(parser, positive_int, positive_float)
     add_rejected_seed_flags(parser)
     return parser
 

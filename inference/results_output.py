@@ -56,6 +56,16 @@ def print_results(results: dict, table) -> None:
               f"{results['onnx_top1_agreement']:.3f} %, logit difference max {results['onnx_max_abs_logit_diff']:.4f} "
               f"mean {results['onnx_mean_abs_logit_diff']:.5f}; simulator margin of the changed classifications at "
               f"most {results['onnx_max_flipped_margin']:.4f}; {results['onnx_integer_kernels']} integer kernels")
+    if "sensitivity_seconds" in results:
+        print(f"sensitivity: {results['sensitivity_images']} calibration images, {results['sensitivity_seconds']:.0f} s; "
+              f"most sensitive weights at the smallest bits: {', '.join(results['sensitivity_worst'])}"
+              + (f"; table {results['sensitivity_csv']}, figure {results['sensitivity_figure']}"
+                 if "sensitivity_csv" in results else ""))
+    if "mp_objective" in results:
+        print(f"mixed precision: {results['mp_layers']} layers chosen; mean weight bits "
+              f"{results['mp_mean_weight_bits']:.4f}, mean activation bits {results['mp_mean_activation_bits']:.4f}, "
+              f"{results['mp_gbops']:.4f} GBOPs per image (every quantized layer counted); summed KL "
+              f"{results['mp_objective']:.4g}" + (f"; plan {results['mp_plan_file']}" if "mp_plan_file" in results else ""))
     for key in ("activation_stats_csv", "dump_file"):
         if key in results:
             print(f"{key.replace('_', ' ')}: {results[key]}")
@@ -110,7 +120,8 @@ def log_to_mlflow(mlflow, results: dict, uri: str | None) -> None:
             mlflow.log_params({"calibration.source": results["calibration"][:500],
                                "calibration.images": results["calibration_images"],
                                "calibration.overlaps_eval": results["calibration_overlaps_eval"]})
-        for key in ("report_csv", "activation_stats_csv", "sweep_csv", "dump_file", "onnx_encodings"):
+        for key in ("report_csv", "activation_stats_csv", "sweep_csv", "dump_file", "onnx_encodings", "sensitivity_csv",
+                    "sensitivity_figure", "mp_plan_file"):
             if results.get(key):
                 mlflow.log_artifact(results[key])
         if results.get("qat_losses"):

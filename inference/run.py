@@ -36,6 +36,8 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None, dat
     from inference.inspection import evaluate_inspected
     from inference.models import create_model
     from inference.output_files import write_csv_atomically
+    from inference.precision import settle_precision
+    from inference.precision_flags import precision_settings
     from inference.settings_flags import evaluation_from_args, methods_from_args, recipe_files_from_args
     from inference.simulate import simulate
     from pytorch_quantizer.quantizers import backend
@@ -57,8 +59,12 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None, dat
         result, _, files = evaluate_inspected(model, loader, device, args.print_freq, process, evaluation.inspection)
         extra |= files
     else:
-        simulation = simulate(model, config, methods_from_args(args), recipe_files_from_args(args), data, loader,
-                              device, options, evaluation)
+        methods, files = methods_from_args(args), recipe_files_from_args(args)
+        settings = precision_settings(args)
+        if settings is not None:
+            config, precision = settle_precision(model, config, methods, files, settings, data, options, device)
+            extra |= precision
+        simulation = simulate(model, config, methods, files, data, loader, device, options, evaluation)
         result = simulation.evaluation
         extra |= simulation.files
         if args.report_csv is not None:

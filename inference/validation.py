@@ -10,10 +10,11 @@ from inference.errors import UserError
 from inference.model_flags import spec_from_args
 from inference.models import weights_path
 from inference.output_files import check_output_file, check_output_folder
+from inference.precision_flags import BUDGET_FLAGS, GROUP_TITLE as PRECISION_TITLE, budget_given, check_precision_flags
 from inference.weight_method_flags import GROUP_TITLE, check_weight_method_flags
 
 QUANTIZATION_GROUPS = ("quantization (Banner et al. recipe)", "departures from the seed's arithmetic (each off by default)",
-                       "activation statistics", GROUP_TITLE)
+                       "activation statistics", GROUP_TITLE, PRECISION_TITLE)
 ALWAYS_MEANINGFUL = {"qtype", "qweight", "q_off"}
 ACTIVATION_ONLY = {"pcq_a": "-pcq_a", "clipping": "-c", "baa": "-baa", "bata": "-bata", "bap": "-bap", "sk": "-sk",
                    "sba": "-sba", "kld": "-kld", "ac": "-ac", "sm": "-sm", "act_quant_point": "--act-quant-point",
@@ -39,7 +40,7 @@ def given_flags(args: argparse.Namespace, parser: argparse.ArgumentParser, group
 
 def check_outputs(args: argparse.Namespace) -> None:
     for flag, path in (("--results-json", args.results_json), ("--report-csv", args.report_csv),
-                       ("--save-qat", args.save_qat)):
+                       ("--save-qat", args.save_qat), ("--sensitivity", args.sensitivity)):
         if path is not None:
             check_output_file(flag, path)
     if args.ep or args.sweep_csv is not None:  # sweep rows (ep off) keep the sweep's --sweep-csv
@@ -122,6 +123,7 @@ def validate(args: argparse.Namespace):
     check_clipping_names(args)
     check_qat_flags(args)
     check_weight_method_flags(args)
+    check_precision_flags(args)
     check_outputs(args)
     spec = spec_from_args(args)
     if not args.random_init:
@@ -133,10 +135,33 @@ def validate(args: argparse.Namespace):
         files = recipe_files_from_args(args)
         require_statistics_file(files, config)
         check_collect_targets(files, config, methods_from_args(args))
-    elif args.report_csv is not None or args.compare_fp32:
-        flag = "--report-csv" if args.report_csv is not None else "--compare-fp32"
+        check_precision_recipe(args, config, files)
+    elif args.report_csv is not None or args.compare_fp32 or args.sensitivity is not None or budget_given(args):
+        flag = ("--report-csv" if args.report_csv is not None else "--compare-fp32" if args.compare_fp32
+                else "--sensitivity" if args.sensitivity is not None else "a budget (--mp-*)")
         raise UserError(f"{flag} concerns a quantized model: add --qtype intN and/or -qw intN")
     return spec, config
+
+
+def check_precision_recipe(args: argparse.Namespace, config, files) -> None:
+    """The analysis and budgets concern integer grids the recipe quantizes; -sm use needs the saved plan."""
+    from inference.precision import plan_path
+    from pytorch_quantizer.formats.safe_io import file_problem
+    from pytorch_quantizer.quantizers.config import WeightKind
+
+    kinds = [spec.kind for spec in (config.weights, config.activations) if spec is not None]
+    if (args.sensitivity is not None or budget_given(args)) and WeightKind.INT not in kinds:
+        raise UserError("the sensitivity analysis and mixed precision choose bits of integer grids: use --qtype / -qw intN")
+    for dest, flag in BUDGET_FLAGS.items():
+        spec = config.weights if dest == "mp_weight_bits" else config.activations if dest == "mp_act_bits" else None
+        if getattr(args, dest) is not None and dest != "mp_gbops" and (spec is None or spec.kind != WeightKind.INT):
+            tensor = "weights (-qw intN)" if dest == "mp_weight_bits" else "activations (--qtype intN)"
+            raise UserError(f"{flag} chooses bits of integer-grid {tensor}, which this run does not quantize")
+    if budget_given(args) and files.uses:
+        problem = file_problem(plan_path(files))
+        if problem is not None:
+            raise UserError(f"-sm use: mixed-precision plan {plan_path(files)} {problem}; choose it with the same budget "
+                            "flags and -sm collect first, or point -sf at its folder")
 
 
 def validate_sweep(args: argparse.Namespace) -> dict:

@@ -46,14 +46,21 @@ _EXPORTS = {
     "EvalResult": "pytorch_quantizer.api.evaluation",
     "Fidelity": "pytorch_quantizer.api.evaluation",
     "QuantizationError": "pytorch_quantizer.errors",
+    "sensitivity": "pytorch_quantizer.api.analysis",
+    "mixed_precision": "pytorch_quantizer.api.analysis",
+    "SensitivityReport": "pytorch_quantizer.api.analysis",
+    "Budget": "pytorch_quantizer.methods.mixed_precision",
+    "MixedPrecisionPlan": "pytorch_quantizer.methods.mixed_precision",
 }
 __all__ = [
     "ActQuantPoint",
     "BitRounding",
+    "Budget",
     "Departures",
     "EvalResult",
     "Fidelity",
     "Methods",
+    "MixedPrecisionPlan",
     "OnnxExport",
     "Prior",
     "QuantConfig",
@@ -61,6 +68,7 @@ __all__ = [
     "QuantizedNetwork",
     "RecipeReport",
     "Rounding",
+    "SensitivityReport",
     "Statistics",
     "StatsKind",
     "TensorQuantSpec",
@@ -68,12 +76,15 @@ __all__ = [
     "evaluate",
     "export_onnx",
     "load",
+    "mixed_precision",
     "quantize",
     "save",
+    "sensitivity",
     "__version__",
 ]
 
 if TYPE_CHECKING:
+    from pytorch_quantizer.api.analysis import SensitivityReport, mixed_precision, sensitivity
     from pytorch_quantizer.api.evaluation import EvalResult, Fidelity, evaluate
     from pytorch_quantizer.api.functions import OnnxExport, export_onnx, load, quantize, save
     from pytorch_quantizer.api.network import QuantizedNetwork
@@ -81,6 +92,7 @@ if TYPE_CHECKING:
     from pytorch_quantizer.api.recipe import RecipeReport
     from pytorch_quantizer.errors import QuantizationError
     from pytorch_quantizer.maths.departures import Departures
+    from pytorch_quantizer.methods.mixed_precision import Budget, MixedPrecisionPlan
     from pytorch_quantizer.quantizers.config import (
         ActQuantPoint, BitRounding, Prior, QuantConfig, StatsKind, TensorQuantSpec, WeightKind,
     )

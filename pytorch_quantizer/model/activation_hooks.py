@@ -81,7 +81,7 @@ def quantize_family_activation(quantized, name: str, x: torch.Tensor, module: nn
 
 def input_hook(quantized, name: str):
     def hook(module, args):
-        if quantized.bypassing:
+        if quantized.bypassing or name in quantized.floating:
             return None
         if not quantized.plans[name].activation.kind.grid:
             values = quantize_family_activation(quantized, name, args[0], module)
@@ -100,7 +100,7 @@ def corrects_outputs_online(quantized) -> bool:
 
 def output_hook(quantized, name: str):
     def hook(module, args, output):
-        if quantized.bypassing:
+        if quantized.bypassing or name in quantized.floating:
             return None
         fused = quantized.fused
         reference = fused.apply(name, output) if quantized.measure_error else None

@@ -62,6 +62,7 @@ class QuantizedModel:
     grid_overrides: dict[str, Grid] = field(init=False, default_factory=dict)   # int32_bias: raised weight scales
     input_producers: dict[str, str] = field(init=False, default_factory=dict)
     learning: StraightThrough = field(init=False, default_factory=StraightThrough)
+    floating: set[str] = field(init=False, default_factory=set)   # layers whose activation hooks pass values on
 
     def __post_init__(self):
         self._handles = []
