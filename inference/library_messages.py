@@ -59,3 +59,11 @@ def cli_wording(error: QuantizationError) -> str:
     """The error's message in the CLI's terms (its flags)."""
     wording = WORDING.get(getattr(error, "code", None))
     return wording(error) if wording is not None else str(error)
+
+BUDGET_FLAG_OF = {"weight_bits": "--mp-weight-bits", "activation_bits": "--mp-act-bits", "gbops": "--mp-gbops"}
+WORDING.update({
+    "budget_too_small": lambda e: str(e).replace(f"budget {e.field}", BUDGET_FLAG_OF.get(e.field, e.field), 1),
+    "budget_too_large": lambda e: str(e).replace(f"budget {e.field}", BUDGET_FLAG_OF.get(e.field, e.field), 1),
+    "layer_bits_unknown_layer": lambda e: f"--layer-bits {e.detail}: not a Conv2d / Linear layer of the model with an "
+                                          "integer grid; check the layer name (--report-csv lists them)",
+})

@@ -73,6 +73,7 @@ def settle_precision(model: torch.nn.Module, config: QuantConfig, methods: Metho
         if settings.budget is not None and plan is None:
             plan = mixed_precision(report, settings.budget, settings.bits, dict(settings.pinned))
             if files.collects and process.is_main:
+                plan_path(files).parent.mkdir(parents=True, exist_ok=True)
                 save_plan(plan_path(files), plan, files.model_name, fingerprint, recipe)
                 figures["mp_plan_file"] = str(plan_path(files))
     if plan is None:

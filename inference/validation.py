@@ -75,15 +75,16 @@ def check_no_effect(args: argparse.Namespace, parser: argparse.ArgumentParser, c
             raise UserError(f"{unused[0]} concerns {'activations' if what.startswith('--') else 'weights'}, which "
                             f"this run does not quantize; add {what} or drop {unused[0]}")
     if "cs" in given and not calibrates(args):
-        raise UserError(f"-cs {args.cs}: this run calibrates nothing (no -sm collect, -ac, -bca, calibrated --qtype kind, --qat-epochs, --adaround or --reconstruct); drop -cs")
+        raise UserError(f"-cs {args.cs}: this run calibrates nothing (no -sm collect, -ac, -bca, calibrated --qtype kind, --qat-epochs, --adaround, --reconstruct, --sensitivity or a budget); drop -cs")
 
 
 def calibrates(args: argparse.Namespace) -> bool:
     from inference.quant_flags import calibrated_activation_kind
 
     family_activations = calibrated_activation_kind(args.qtype)
+    measures = args.sensitivity is not None or (budget_given(args) and args.sm != "use")
     return not args.q_off and (args.sm == "collect" or args.ac or args.bca or family_activations
-                               or args.qat_epochs > 0 or args.adaround or args.reconstruct is not None)
+                               or args.qat_epochs > 0 or args.adaround or args.reconstruct is not None or measures)
 
 
 def check_patterns(args: argparse.Namespace) -> None:

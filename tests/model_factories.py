@@ -44,3 +44,4 @@ def settled(model: nn.Module, size: int = 32, seed: int = 0) -> nn.Module:
 def imagenet_small_cnn() -> nn.Module:
     """A factory for ``-a model_factories:imagenet_small_cnn``: 1000 ImageNet classes."""
     return settled(SmallCNN(classes=1000), size=64)
+

@@ -39,12 +39,15 @@ class SensitivityReport:
         return pd.DataFrame([asdict(row) for row in self.rows])
 
     def worst(self, count: int = 5, kind: str = "weights", bits: int | None = None) -> list[tuple[str, float]]:
-        """The ``count`` layers with the largest KL for ``kind`` at ``bits`` (default: the smallest measured)."""
+        """The ``count`` layers that cost the most for ``kind`` at ``bits`` (default: the smallest
+        measured): the largest KL quantized alone, or for ``all_but`` the smallest KL with the layer
+        left in float (the layer whose float precision helps most)."""
         measured = [row for row in self.rows if row.kind == kind]
         if not measured:
             return []
         bits = bits if bits is not None else min(row.bits for row in measured)
-        chosen = sorted((row for row in measured if row.bits == bits), key=lambda row: -row.kl)
+        sign = 1 if kind == "all_but" else -1
+        chosen = sorted((row for row in measured if row.bits == bits), key=lambda row: sign * row.kl)
         return [(row.layer, row.kl) for row in chosen[:count]]
 
     def plot(self, path: Path, worst: int = 5) -> Path:

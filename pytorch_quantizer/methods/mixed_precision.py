@@ -96,8 +96,9 @@ def spent(layers: list[LayerCosts], choices: dict[str, tuple[int | None, int | N
     totals = sum(usage(layer, *choices[layer.name]) for layer in layers)
     weights = sum(layer.params for layer in layers if choices[layer.name][0] is not None)
     elements = sum(layer.elements for layer in layers if choices[layer.name][1] is not None)
-    return {"mean_weight_bits": totals[0] / weights if weights else float("nan"),
-            "mean_activation_bits": totals[1] / elements if elements else float("nan"), "gbops": float(totals[2])}
+    return {"mean_weight_bits": float(totals[0] / weights) if weights else float("nan"),
+            "mean_activation_bits": float(totals[1] / elements) if elements else float("nan"),
+            "gbops": float(totals[2])}
 
 
 def check_budget(layers: list[LayerCosts], candidates: tuple[int, ...], budget: Budget) -> None:

@@ -71,15 +71,31 @@ class CachedRun:
                                                     if node.op == "call_module" and node.target == name]
         with torch.no_grad():
             if not calls:   # not traced, or the layer is not called as a module of the graph
-                module = self.model.get_submodule(name)
-                handle = module.register_forward_hook(lambda module, args, output: replacement(module, *args))
-                try:
-                    return self.model(self.images)
-                finally:
-                    handle.remove()
+                return self._whole_run(name, replacement)
             affected = downstream(calls)
             kept = {node: value for node, value in self.values.items() if node not in affected}
             return _Recording(self.graph, {name: replacement}).run(self.images, initial_env=kept)
+
+
+    def _whole_run(self, name: str, replacement: Replacement) -> torch.Tensor:
+        """The whole model run with a forward hook returning the replacement's output (the replacement
+        may call the module itself: the hook lets that inner call through)."""
+        inside = []
+
+        def hook(module, args, output):
+            if inside:
+                return None
+            inside.append(True)
+            try:
+                return replacement(module, *args)
+            finally:
+                inside.clear()
+
+        handle = self.model.get_submodule(name).register_forward_hook(hook)
+        try:
+            return self.model(self.images)
+        finally:
+            handle.remove()
 
 
 def downstream(nodes: list[fx.Node]) -> set[fx.Node]:
