@@ -23,7 +23,8 @@ WORST = 5
 class PrecisionSettings:
     """``sensitivity_csv``: where the table goes (None: not written); ``bits``: the candidates;
     ``images``: calibration images measured on; ``kinds``: what is measured; ``budget``: of mixed
-    precision (None: no plan); ``pinned``: (layer, weight bits) fixed in the plan."""
+    precision (None: no plan is chosen); ``pinned``: (layer, weight bits) fixed in the plan;
+    ``plan_file``: where a chosen plan is written, or without a budget the plan to read."""
 
     sensitivity_csv: Path | None
     bits: tuple[int, ...]
@@ -31,17 +32,13 @@ class PrecisionSettings:
     kinds: tuple[str, ...]
     budget: Budget | None
     pinned: tuple[tuple[str, int], ...] = ()
+    plan_file: Path | None = None
 
 
-def plan_path(files: RecipeFiles) -> Path:
-    return files.statistics_folder / f"{files.model_name}.{files.statistics_point}.mixed-precision.pt"
-
-
-def plan_recipe(settings: PrecisionSettings, config: QuantConfig, methods: Methods) -> dict:
-    """What a plan was chosen for besides the weights: the recipe, budget, candidates, pins, how it was measured."""
-    return {"config": config_as_dict(config), "budget": asdict(settings.budget), "candidates": list(settings.bits),
-            "pinned": [list(pin) for pin in settings.pinned], "equalize": methods.equalize,
-            "sensitivity_images": settings.images}
+def plan_recipe(config: QuantConfig, methods: Methods) -> dict:
+    """What a plan must have been chosen for besides the weights: the recipe (without per-layer bits)
+    and whether the model was equalized."""
+    return {"config": config_as_dict(config), "equalize": methods.equalize}
 
 
 def settle_precision(model: torch.nn.Module, config: QuantConfig, methods: Methods, files: RecipeFiles,
@@ -53,15 +50,14 @@ def settle_precision(model: torch.nn.Module, config: QuantConfig, methods: Metho
 
     process, figures, plan = options.process, {}, None
     fingerprint = weights_fingerprint(model)
-    recipe = plan_recipe(settings, config, methods) if settings.budget is not None else {}
-    if settings.budget is not None and files.uses:
-        fix = "choose it again with the same budget flags and -sm collect"
-        plan = load_plan(plan_path(files), files.model_name, fingerprint, recipe, fix)
-        figures["mp_plan_file"] = str(plan_path(files))
-    if settings.sensitivity_csv is not None or (settings.budget is not None and plan is None):
+    if settings.budget is None and settings.plan_file is not None:
+        fix = "choose it again with a budget (--mp-weight-bits ...) and --mp-plan PATH, same model and recipe"
+        plan = load_plan(settings.plan_file, files.model_name, fingerprint, plan_recipe(config, methods), fix)
+        figures["mp_plan_file"] = str(settings.plan_file)
+    if settings.sensitivity_csv is not None or settings.budget is not None:
         if process.distributed:
-            raise UserError("the sensitivity analysis runs in one process: choose the plan without torchrun and with "
-                            "-sm collect, then evaluate it under torchrun with -sm use")
+            raise UserError("the sensitivity analysis runs in one process: choose the plan without torchrun and save it "
+                            "with --mp-plan PATH, then evaluate it under torchrun with --mp-plan PATH")
         calibration = data.calibration_loader(options)
         report = sensitivity(model, config, calibration.loader, bits=settings.bits, kinds=settings.kinds,
                              images=settings.images, methods=methods, device=device,
@@ -70,12 +66,14 @@ def settle_precision(model: torch.nn.Module, config: QuantConfig, methods: Metho
                        sensitivity_worst=[f"{layer} ({kl:.3g})" for layer, kl in report.worst(WORST)])
         if settings.sensitivity_csv is not None and process.is_main:
             figures.update(write_sensitivity(report, settings.sensitivity_csv))
-        if settings.budget is not None and plan is None:
+        if settings.budget is not None:
             plan = mixed_precision(report, settings.budget, settings.bits, dict(settings.pinned))
-            if files.collects and process.is_main:
-                plan_path(files).parent.mkdir(parents=True, exist_ok=True)
-                save_plan(plan_path(files), plan, files.model_name, fingerprint, recipe)
-                figures["mp_plan_file"] = str(plan_path(files))
+            if settings.plan_file is not None and process.is_main:
+                recipe = plan_recipe(config, methods) | {"budget": asdict(settings.budget),
+                                                         "candidates": list(settings.bits),
+                                                         "pinned": [list(pin) for pin in settings.pinned]}
+                save_plan(settings.plan_file, plan, files.model_name, fingerprint, recipe)
+                figures["mp_plan_file"] = str(settings.plan_file)
     if plan is None:
         return config, figures
     figures.update({f"mp_{key}": value for key, value in plan.spent.items()})

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from inference.errors import UserError
+from pytorch_quantizer.formats.safe_io import file_problem
 from pytorch_quantizer.methods.mixed_precision import DEFAULT_CANDIDATES
 
 GROUP_TITLE = "sensitivity analysis and mixed precision"
@@ -55,6 +56,9 @@ def add_precision_flags(parser: argparse.ArgumentParser, positive_int, positive_
                             "bits)")
     group.add_argument("--layer-bits", type=pinned_bits, action="append", default=None, metavar="LAYER=BITS",
                        help="with a budget: fix this layer's weight bits instead of choosing them (repeatable)")
+    group.add_argument("--mp-plan", type=Path, default=None, metavar="PATH",
+                       help="with a budget: write the chosen plan there (a data-only file tied to the weights and "
+                            "recipe); without one: quantize with the plan read from there")
 
 
 def budget_given(args: argparse.Namespace) -> bool:
@@ -71,7 +75,12 @@ def check_precision_flags(args: argparse.Namespace) -> None:
     if args.layer_bits is not None and not budget_given(args):
         raise UserError("--layer-bits fixes layers of a mixed-precision plan: add --mp-weight-bits, --mp-act-bits or "
                         "--mp-gbops")
-    if not analysis:
+    if args.mp_plan is not None and not budget_given(args):
+        problem = file_problem(args.mp_plan)
+        if problem is not None:
+            raise UserError(f"--mp-plan {args.mp_plan}: {'no such file' if problem == 'does not exist' else problem}; "
+                            "write a plan first with a budget (--mp-weight-bits ...) and --mp-plan PATH")
+    if not analysis and args.mp_plan is None:
         return
     if args.sensitivity is not None and args.sensitivity.suffix != ".csv":
         raise UserError(f"--sensitivity {args.sensitivity}: name the table *.csv (the figure goes beside it as .png)")
@@ -92,10 +101,10 @@ def precision_settings(args: argparse.Namespace):
     from pytorch_quantizer.methods.mixed_precision import Budget
     from pytorch_quantizer.methods.sensitivity import KINDS
 
-    if args.sensitivity is None and not budget_given(args):
+    if args.sensitivity is None and not budget_given(args) and args.mp_plan is None:
         return None
     budget = Budget(args.mp_weight_bits, args.mp_act_bits, args.mp_gbops) if budget_given(args) else None
     return PrecisionSettings(
         sensitivity_csv=args.sensitivity, bits=tuple(sorted(set(args.sensitivity_bits or DEFAULT_CANDIDATES))),
         images=args.sensitivity_images or DEFAULT_IMAGES, kinds=tuple(args.sensitivity_kinds or KINDS), budget=budget,
-        pinned=tuple(sorted(dict(args.layer_bits or []).items())))
+        pinned=tuple(sorted(dict(args.layer_bits or []).items())), plan_file=args.mp_plan)

@@ -82,7 +82,7 @@ def calibrates(args: argparse.Namespace) -> bool:
     from inference.quant_flags import calibrated_activation_kind
 
     family_activations = calibrated_activation_kind(args.qtype)
-    measures = args.sensitivity is not None or (budget_given(args) and args.sm != "use")
+    measures = args.sensitivity is not None or budget_given(args)
     return not args.q_off and (args.sm == "collect" or args.ac or args.bca or family_activations
                                or args.qat_epochs > 0 or args.adaround or args.reconstruct is not None or measures)
 
@@ -137,7 +137,8 @@ def validate(args: argparse.Namespace):
         require_statistics_file(files, config)
         check_collect_targets(files, config, methods_from_args(args))
         check_precision_recipe(args, config, files)
-    elif args.report_csv is not None or args.compare_fp32 or args.sensitivity is not None or budget_given(args):
+    elif (args.report_csv is not None or args.compare_fp32 or args.sensitivity is not None or budget_given(args)
+          or args.mp_plan is not None):
         flag = ("--report-csv" if args.report_csv is not None else "--compare-fp32" if args.compare_fp32
                 else "--sensitivity" if args.sensitivity is not None else "a budget (--mp-*)")
         raise UserError(f"{flag} concerns a quantized model: add --qtype intN and/or -qw intN")
@@ -146,23 +147,18 @@ def validate(args: argparse.Namespace):
 
 def check_precision_recipe(args: argparse.Namespace, config, files) -> None:
     """The analysis and budgets concern integer grids the recipe quantizes; -sm use needs the saved plan."""
-    from inference.precision import plan_path
-    from pytorch_quantizer.formats.safe_io import file_problem
     from pytorch_quantizer.quantizers.config import WeightKind
 
     kinds = [spec.kind for spec in (config.weights, config.activations) if spec is not None]
-    if (args.sensitivity is not None or budget_given(args)) and WeightKind.INT not in kinds:
+    if (args.sensitivity is not None or budget_given(args) or args.mp_plan is not None) and WeightKind.INT not in kinds:
         raise UserError("the sensitivity analysis and mixed precision choose bits of integer grids: use --qtype / -qw intN")
     for dest, flag in BUDGET_FLAGS.items():
         spec = config.weights if dest == "mp_weight_bits" else config.activations if dest == "mp_act_bits" else None
         if getattr(args, dest) is not None and dest != "mp_gbops" and (spec is None or spec.kind != WeightKind.INT):
             tensor = "weights (-qw intN)" if dest == "mp_weight_bits" else "activations (--qtype intN)"
             raise UserError(f"{flag} chooses bits of integer-grid {tensor}, which this run does not quantize")
-    if budget_given(args) and files.uses:
-        problem = file_problem(plan_path(files))
-        if problem is not None:
-            raise UserError(f"-sm use: mixed-precision plan {plan_path(files)} {problem}; choose it with the same budget "
-                            "flags and -sm collect first, or point -sf at its folder")
+    if args.mp_plan is not None and budget_given(args):
+        check_output_file("--mp-plan", args.mp_plan)
 
 
 def validate_sweep(args: argparse.Namespace) -> dict:

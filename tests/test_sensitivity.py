@@ -74,14 +74,14 @@ def test_a_plan_meets_its_budget_and_its_saved_model_reloads(fragile, tmp_path):
 
 
 def test_cli_plan_is_saved_and_reused_with_identical_results(run_cli, tmp_path):
-    common = (*FAST, "--qtype", "int8", "-qw", "int4", "-pcq_w", "-bcw", "--mp-weight-bits", "4.5",
-              "--sensitivity-images", "16", "--sensitivity-bits", "2", "4", "8", "-sf", tmp_path / "stats")
+    recipe = (*FAST, "--qtype", "int8", "-qw", "int4", "-pcq_w", "-bcw", "--mp-plan", tmp_path / "plan.pt")
     chosen, reused = tmp_path / "chosen.json", tmp_path / "reused.json"
-    code, stdout, stderr = run_cli(*common, "-sm", "collect", "-cs", "40", "--sensitivity", tmp_path / "sens.csv",
+    code, stdout, stderr = run_cli(*recipe, "--mp-weight-bits", "4.5", "--sensitivity-images", "16",
+                                   "--sensitivity-bits", "2", "4", "8", "-cs", "40", "--sensitivity", tmp_path / "sens.csv",
                                    "--results-json", chosen)
     assert code == 0, stderr
     assert "mixed precision: " in stdout and (tmp_path / "sens.csv").is_file() and (tmp_path / "sens.png").is_file()
-    code, _, stderr = run_cli(*common, "-sm", "use", "--results-json", reused)
+    code, _, stderr = run_cli(*recipe, "--results-json", reused)
     assert code == 0, stderr
     first, second = json.loads(chosen.read_text()), json.loads(reused.read_text())
     assert first["mp_mean_weight_bits"] <= 4.5 and first["mp_mean_weight_bits"] == second["mp_mean_weight_bits"]
@@ -96,10 +96,11 @@ def test_cli_plan_is_saved_and_reused_with_identical_results(run_cli, tmp_path):
     (("--mp-weight-bits", "9"), "--mp-weight-bits 9 is above the most any plan can spend"),
     (("--mp-weight-bits", "4", "--layer-bits", "no_such_layer=8"), "--layer-bits no_such_layer: not a Conv2d / Linear"),
     (("--layer-bits", "fc=8"), "--layer-bits fixes layers of a mixed-precision plan"),
+    (("--mp-plan", "no_such_plan.pt"), "--mp-plan no_such_plan.pt: no such file"),
     (("--mp-act-bits", "4", "--qtype", "f32"), "--mp-act-bits chooses bits of integer-grid activations"),
 ])
 def test_bad_budgets_and_layer_names_are_one_line(run_cli, argv, message):
     measuring = ("-cs", "20", "--sensitivity-images", "8", "--sensitivity-bits", "2", "8", "--sensitivity-kinds",
-                 "weights") if any(flag.startswith("--mp-") for flag in argv) else ()
+                 "weights") if {"--mp-weight-bits", "--mp-act-bits", "--mp-gbops"} & set(argv) else ()
     code, _, stderr = run_cli(*FAST, "--qtype", "int8", "-qw", "int4", *measuring, *argv)
     one_error_line(code, stderr, message)

@@ -42,10 +42,15 @@ def load_plan(path: Path, model_name: str, fingerprint: str, recipe: dict, fix: 
                                 f"this run's {fingerprint[:12]}); {fix}", code="made_for_other")
     stored = payload.get("recipe") if isinstance(payload.get("recipe"), dict) else {}
     differing = next((key for key in recipe if stored.get(key) != recipe[key]), None)
+    if differing == "config":   # name the field of the recipe that differs
+        fields = stored.get("config") if isinstance(stored.get("config"), dict) else {}
+        key = next((key for key in recipe["config"] if fields.get(key) != recipe["config"][key]), "config")
+        raise QuantizationError(f"{path} was chosen for a recipe whose {key} is {fields.get(key)!r:.80}, this run's "
+                                f"{recipe['config'][key]!r:.80}; {fix}", code="made_for_other")
     if differing is not None:
         raise QuantizationError(f"{path} was chosen with {differing} {stored.get(differing)!r:.80}, this run's "
                                 f"{recipe[differing]!r:.80}; {fix}", code="made_for_other")
-    candidates = set(recipe.get("candidates", ()))
+    candidates = set(stored.get("candidates", ()))
     entries = payload.get("layer_bits")
     if not isinstance(entries, list) or not entries:
         raise QuantizationError(f"{path}: its layer bits are missing (modified or damaged); {fix}", code="damaged_file")
