@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, validated=None, process=None, device=None, dat
             extra |= precision
         simulation = simulate(model, config, methods, files, data, loader, device, options, evaluation)
         result = simulation.evaluation
-        extra |= simulation.files
+        extra |= simulation.files | simulation.costs
         if args.report_csv is not None:
             write_csv_atomically(args.report_csv, pd.DataFrame(simulation.layer_report))
             extra["report_csv"] = str(args.report_csv)

@@ -41,6 +41,7 @@ class SimulationResult:
     rounding: dict | None = None  # --adaround / --reconstruct: layers, seconds, output errors, file
     onnx: dict = field(default_factory=dict)  # --export-onnx / --verify-onnx: files and runtime figures
     unquantized_layers: list[str] = field(default_factory=list)
+    costs: dict[str, float] = field(default_factory=dict)   # mean weight / activation bits, GBOPs (report.bit_costs)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def simulate(model: torch.nn.Module, config: QuantConfig, methods: Methods, file
             result.calibration_skipped = list(getattr(calibration.loader, "skipped", []))
         if process.distributed and (config.measure_entropy or evaluation.measure_error):
             report.merge_activation_measures(network.quantized, process.sum)
+        result.costs = report.bit_costs(network.quantized, example.to(device))
         if config.measure_entropy:
             result.entropy = network.entropy()
         if evaluation.measure_error:

@@ -22,9 +22,9 @@ from itertools import product
 import numpy as np
 
 from pytorch_quantizer.errors import QuantizationError
+from pytorch_quantizer.model.report import FLOAT_BITS
 
 DEFAULT_CANDIDATES = (2, 3, 4, 5, 6, 8)
-FLOAT_BITS = 32   # a float tensor in a bit-operation count
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytorch_quantizer.model.graph import GEMM_LAYERS
 from pytorch_quantizer.model.observers import observe
 from pytorch_quantizer.model.partial_runs import CachedRun, traced
 from pytorch_quantizer.model.plans import ACTIVATION_AXIS, at_layer_bits, observed_layer
 from pytorch_quantizer.model.quantized_model import QuantizedModel
+from pytorch_quantizer.model.report import layer_sizes
 from pytorch_quantizer.model.weights import weight_values
 from pytorch_quantizer.quantizers.config import TensorQuantSpec, WeightKind
 from pytorch_quantizer.quantizers.quantizer import apply_plan, plan_quantization
@@ -84,29 +84,6 @@ def integer_layers(quantized: QuantizedModel) -> dict[str, tuple[bool, bool]]:
         if weights or activations:
             found[name] = (weights, activations)
     return found
-
-
-@torch.no_grad()
-def layer_sizes(model: nn.Module, image: torch.Tensor, at_output: bool) -> dict[str, tuple[int, int, int]]:
-    """{layer: (weights, activation elements at the quantization point, multiply-accumulates)} per image."""
-    sizes, handles = {}, []
-
-    def record(name):
-        def hook(module, args, output):
-            source = output if at_output else args[0]
-            per_output = module.weight[0].numel() if isinstance(module, nn.Conv2d) else module.in_features
-            sizes[name] = (module.weight.numel(), source[0].numel(), output[0].numel() * per_output)
-        return hook
-
-    for name, module in model.named_modules():
-        if isinstance(module, GEMM_LAYERS):
-            handles.append(module.register_forward_hook(record(name)))
-    try:
-        model(image[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return sizes
 
 
 def weight_replacement(quantized: QuantizedModel, name: str, bits: int, sums: Sums):
