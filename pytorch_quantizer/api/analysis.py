@@ -122,10 +122,25 @@ def sensitivity(model: nn.Module, config: QuantConfig, calibration: Iterable, *,
         quantized = network.quantized
         chosen = calibration_images(calibration, images).to(inputs.device)
         rows = measure_sensitivity(quantized, chosen, tuple(sorted(set(bits))), tuple(kinds), batch, progress)
-        recipe_bits = {name: (plan.kept_8bit, plan.weight.bits if plan.weight is not None else None,
-                              plan.activation.bits if plan.activation is not None else None)
-                       for name, plan in quantized.plans.items()}
-    return SensitivityReport(rows, recipe_bits, len(chosen), time.perf_counter() - start)
+        bits_of_recipe = recipe_bits(quantized)
+    return SensitivityReport(rows, bits_of_recipe, len(chosen), time.perf_counter() - start)
+
+
+def recipe_bits(quantized) -> dict[str, tuple[bool, int | None, int | None]]:
+    """{layer: (kept at 8 bits, weight bits, activation bits)} of a ``QuantizedModel``'s plans."""
+    return {name: (plan.kept_8bit, plan.weight.bits if plan.weight is not None else None,
+                   plan.activation.bits if plan.activation is not None else None)
+            for name, plan in quantized.plans.items()}
+
+
+def read_report(frame, model: nn.Module, config: QuantConfig, example_input: torch.Tensor) -> SensitivityReport:
+    """A SensitivityReport from the table ``to_frame`` gave (e.g. read back from its CSV), for
+    ``model`` under ``config`` (its layer plans, traced on ``example_input``)."""
+    from pytorch_quantizer.api.functions import quantize
+
+    rows = [SensitivityRow(**record) for record in frame.to_dict("records")]
+    with quantize(model, config, example_input=example_input) as network:
+        return SensitivityReport(rows, recipe_bits(network.quantized), 0, math.nan)
 
 
 def mixed_precision(report: SensitivityReport, budget: Budget, candidates: tuple[int, ...] | None = None,
