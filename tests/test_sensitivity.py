@@ -104,3 +104,17 @@ def test_bad_budgets_and_layer_names_are_one_line(run_cli, argv, message):
                  "weights") if {"--mp-weight-bits", "--mp-act-bits", "--mp-gbops"} & set(argv) else ()
     code, _, stderr = run_cli(*FAST, "--qtype", "int8", "-qw", "int4", *measuring, *argv)
     one_error_line(code, stderr, message)
+
+
+def test_a_plan_composes_with_aciq_equalization_bias_correction_and_learned_rounding(run_cli, tmp_path):
+    results = tmp_path / "results.json"
+    code, _, stderr = run_cli(*FAST, "--qtype", "int8", "-c", "laplace", "-qw", "int4", "-pcq_w", "-bcw", "--equalize",
+                              "--mp-weight-bits", "3.5", "--sensitivity-images", "8", "--sensitivity-bits", "2", "4", "8",
+                              "--sensitivity-kinds", "weights", "--reconstruct", "block", "--recon-iters", "2",
+                              "-cs", "32", "--results-json", results)
+    assert code == 0, stderr
+    written = json.loads(results.read_text())
+    chosen = {name: bits for name, bits, _ in written["quantization"]["layer_bits"]}
+    assert set(chosen.values()) <= {2, 4, 8} and len(set(chosen.values())) > 1
+    assert written["mean_weight_bits"] == pytest.approx(written["mp_mean_weight_bits"]) and written["mean_weight_bits"] <= 3.5
+    assert written["rounding_layers"] > 0 and written["equalization.chains"] > 0
