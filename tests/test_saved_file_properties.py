@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 import pytorch_quantizer as pq
 from model_factories import SmallCNN, settled
 from pytorch_quantizer.formats import qat_io, rounding_io
-from pytorch_quantizer.methods.trained_state import TrainedState
 
 SHAPES = {"conv": torch.Size([4, 3]), "fc": torch.Size([2])}
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)

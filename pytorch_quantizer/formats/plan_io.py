@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from pytorch_quantizer.errors import QuantizationError
-from pytorch_quantizer.formats.safe_io import file_problem, load_tool_file, write_atomically
+from pytorch_quantizer.formats.safe_io import check_weights, file_problem, load_tool_file, write_atomically
 from pytorch_quantizer.methods.mixed_precision import MixedPrecisionPlan
 
 FORMAT, VERSION = "ptq-mixed-precision", 1
@@ -37,9 +37,7 @@ def load_plan(path: Path, model_name: str, fingerprint: str, recipe: dict, fix: 
     if payload.get("model") != model_name:
         raise QuantizationError(f"{path} was chosen for {payload.get('model')!r:.40}, not {model_name}; {fix}",
                                 code="made_for_other")
-    if payload.get("weights_fingerprint") != fingerprint:
-        raise QuantizationError(f"{path} was chosen for other weights (fingerprint {str(payload.get('weights_fingerprint'))[:12]}, "
-                                f"this run's {fingerprint[:12]}); {fix}", code="made_for_other")
+    check_weights(path, payload, fingerprint, "chosen for", fix)
     stored = payload.get("recipe") if isinstance(payload.get("recipe"), dict) else {}
     differing = next((key for key in recipe if stored.get(key) != recipe[key]), None)
     if differing == "config":   # name the field of the recipe that differs

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from pytorch_quantizer.errors import QuantizationError
-from pytorch_quantizer.formats.safe_io import file_problem, load_tool_file, write_atomically
+from pytorch_quantizer.formats.safe_io import check_weights, file_problem, load_tool_file, write_atomically
 from pytorch_quantizer.formats.state_checks import level_plan_problem
 from pytorch_quantizer.methods.trained_state import TrainedState
 from pytorch_quantizer.quantizers.families import LevelPlan
@@ -42,10 +42,7 @@ def load_qat(path: Path, model_name: str, recipe: str, shapes: dict[str, tuple[t
     if payload.get("model") != model_name or payload.get("recipe") != recipe:
         raise QuantizationError(f"{path} was trained for {payload.get('model')!r:.40} with {payload.get('recipe')!r:.80}, "
                                 f"not {model_name} with {recipe!r}; {fix}", code="made_for_other")
-    stored = payload.get("weights_fingerprint")
-    if fingerprint is not None and stored != fingerprint:
-        raise QuantizationError(f"{path} was fine-tuned from other weights (fingerprint {str(stored)[:12]}, this run's "
-                                f"{fingerprint[:12]}); {fix}", code="made_for_other")
+    check_weights(path, payload, fingerprint, "fine-tuned from", fix)
     layers, plans = payload.get("layers"), payload.get("activation_plans")
     if not isinstance(layers, dict) or set(layers) != set(shapes) or not isinstance(plans, dict):
         raise QuantizationError(f"{path}: its layers are not those of {model_name}; {fix}")

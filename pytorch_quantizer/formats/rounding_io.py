@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pytorch_quantizer.errors import QuantizationError
-from pytorch_quantizer.formats.safe_io import file_problem, load_tool_file, write_atomically
+from pytorch_quantizer.formats.safe_io import check_weights, file_problem, load_tool_file, write_atomically
 
 FORMAT, VERSION = "ptq-rounding", 2
 
@@ -38,10 +38,7 @@ def load_rounding(path: Path, model_name: str, recipe: str, weight_shapes: dict[
     if payload.get("model") != model_name or payload.get("recipe") != recipe:
         raise QuantizationError(f"{path} was learned for {payload.get('model')!r:.40} with another recipe "
                                 f"({payload.get('recipe')!r:.120}); {fix}", code="made_for_other")
-    stored = payload.get("weights_fingerprint")
-    if fingerprint is not None and stored != fingerprint:
-        raise QuantizationError(f"{path} was learned for other weights (fingerprint {str(stored)[:12]}, this run's "
-                                f"{fingerprint[:12]}); {fix}", code="made_for_other")
+    check_weights(path, payload, fingerprint, "learned for", fix)
     layers = payload.get("layers")
     if not isinstance(layers, dict) or set(layers) != set(weight_shapes):
         raise QuantizationError(f"{path}: its layers are not this run's integer-grid layers of {model_name}; {fix}")

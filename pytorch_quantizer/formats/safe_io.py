@@ -65,6 +65,15 @@ def safe_torch_load(path: Path, fix: str):
         raise QuantizationError(f"{path} is corrupt, truncated or not a torch.save file ({reason}); {fix}") from None
 
 
+def check_weights(path: Path, payload: dict, fingerprint: str | None, made: str, fix: str) -> None:
+    """A tool file records the fingerprint of the float weights it was ``made`` ("learned for", ...);
+    another fingerprint (when this run's is given) is refused in one line naming both."""
+    stored = payload.get("weights_fingerprint")
+    if fingerprint is not None and stored != fingerprint:
+        raise QuantizationError(f"{path} was {made} other weights (fingerprint {str(stored)[:12]}, this run's "
+                                f"{fingerprint[:12]}); {fix}", code="made_for_other")
+
+
 TORCH_SAVE_HEADERS = (b"PK\x03\x04", b"\x80")  # the zip format since torch 1.6; the legacy pickle format
 
 
