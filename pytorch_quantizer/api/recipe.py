@@ -29,10 +29,18 @@ Progress = Callable[[Iterable, str], Iterable]
 
 
 class Processes(Protocol):
-    """The processes a run is split over (``torch.distributed``); ``OneProcess`` without it."""
+    """The processes a run is split over (``torch.distributed``); ``OneProcess`` without it. Each
+    process is given its share of the calibration batches by whole batches in turn: batch k of the
+    order of one process is on process k mod ``world_size`` (the CLI's loaders do so)."""
 
     @property
     def distributed(self) -> bool: ...
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
 
     def sum(self, values: torch.Tensor) -> torch.Tensor: ...
 
@@ -40,7 +48,7 @@ class Processes(Protocol):
 
 
 class OneProcess:
-    distributed = False
+    distributed, rank, world_size = False, 0, 1
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         return values
@@ -151,9 +159,6 @@ def check_methods(config: QuantConfig, methods: Methods, inputs: RecipeInputs) -
         if config.activations is not None and config.activations.kind.calibrated_activations:
             raise QuantizationError(f"{config.activations.kind.value} activations are calibrated in one process",
                                     code="family_calibration_distributed", field="activations.kind")
-        if methods.learns_rounding and inputs.state.rounding is None:
-            raise QuantizationError("Methods.rounding learns in one process", code="rounding_distributed",
-                                    field="rounding")
         if methods.qat_epochs:
             raise QuantizationError("Methods.qat_epochs trains in one process", code="qat_distributed",
                                     field="qat_epochs")
@@ -305,17 +310,36 @@ def settle_rounding(quantized: QuantizedModel, methods: Methods, inputs: RecipeI
         state.rounding = dict(stored)
         report.rounding = {"rounding_seconds": round(time.perf_counter() - start, 3)}
         return
-    images = torch.cat([batch_images(item) for item in not_empty(inputs.calibration, "calibration")]).to(inputs.device)
+    batches = [batch_images(item) for item in not_empty(inputs.calibration, "calibration")]
+    images = torch.cat(batches).to(inputs.device)
     options = RoundingOptions(methods.rounding_steps, methods.rounding_batch, quantized.config.seed, methods.qdrop)
     blocks = methods.rounding == Rounding.BLOCK
     learn = learn_block_rounding if blocks else learn_model_rounding
     bar = (lambda names: inputs.progress(names, "reconstruct" if blocks else "adaround")) if inputs.progress else None
-    results = learn(quantized, images, options, bar)
+    share = data_share([len(batch) for batch in batches], inputs.processes) if inputs.processes.distributed else None
+    results = learn(quantized, images, options, bar, share=share)
     learned = {id(result.losses): result for result in results.values()}  # the layers of a block share one
     state.rounding = {name: result.up.detach().cpu() for name, result in results.items()}
     report.rounding = {"rounding_layers": len(results), "rounding_seconds": round(time.perf_counter() - start, 3),
                        "rounding_nearest_error": sum(result.nearest_error for result in learned.values()),
                        "rounding_learned_error": sum(result.learned_error for result in learned.values())}
+
+
+def data_share(batch_sizes: list[int], processes: Processes):
+    """This process's ``DataShare`` of batches split in turn over the processes (``Processes``): the
+    global position of each of its images, from every process's batch sizes."""
+    from pytorch_quantizer.methods.adaround import DataShare
+
+    counts = processes.sum(torch.zeros(processes.world_size, dtype=torch.int64).index_fill_(
+        0, torch.tensor([processes.rank]), len(batch_sizes)))
+    sizes = torch.zeros(int(counts.sum()), dtype=torch.int64)
+    mine = torch.arange(len(batch_sizes)) * processes.world_size + processes.rank
+    sizes[mine] = torch.tensor(batch_sizes, dtype=torch.int64)
+    sizes = processes.sum(sizes)
+    starts = torch.cumsum(sizes, 0) - sizes
+    positions = torch.cat([torch.arange(int(starts[index]), int(starts[index] + size))
+                           for index, size in zip(mine.tolist(), batch_sizes)])
+    return DataShare(positions, int(sizes.sum()), processes.sum, processes.rank == 0)
 
 
 def check_rounding(quantized: QuantizedModel, rounding: dict[str, torch.Tensor]) -> None:

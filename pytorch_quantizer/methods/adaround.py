@@ -83,28 +83,63 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return (output - target).square().sum(dim=1).mean()
 
 
+@dataclass(frozen=True)
+class DataShare:
+    """This process's share of calibration images that several processes learn on together:
+    ``positions``, the index of each of its images in the order of one process over all of them;
+    ``total`` images in all; ``sum`` adds a tensor over the processes; the process ``adds_regulariser``
+    (one of them). Each step's batch is drawn from all ``total`` images alike in every process, each
+    computes the loss of the images it holds, and the gradients are summed: the step of one process
+    over all the images."""
+
+    positions: torch.Tensor
+    total: int
+    sum: Callable[[torch.Tensor], torch.Tensor]
+    adds_regulariser: bool
+
+    def local_of(self) -> torch.Tensor:
+        """{global index: local index}, -1 where another process holds the image."""
+        local = torch.full((self.total,), -1, dtype=torch.long)
+        local[self.positions] = torch.arange(len(self.positions))
+        return local
+
+
 def output_error(output: Callable, weights: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor,
-                 batch: int) -> float:
-    """Mean squared error of ``output(weights, inputs)`` against ``targets``, in batches."""
+                 batch: int, share: DataShare | None = None) -> float:
+    """Mean squared error of ``output(weights, inputs)`` against ``targets``, in batches (over every
+    process's images with ``share``)."""
     with torch.no_grad():
         total = sum(float((output(weights, inputs[start:start + batch]) - targets[start:start + batch]).square().sum())
                     for start in range(0, len(inputs), batch))
-    return total / targets.numel()
+    if share is None:
+        return total / targets.numel()
+    summed = share.sum(torch.tensor([total, float(targets.numel())], dtype=torch.float64))
+    return float(summed[0] / summed[1])
+
+
+def sample_loss_sum(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The summed loss of the samples of a batch, in the units of ``reconstruction_loss`` times the
+    batch's positions: sum over samples and positions of the channel-summed squared error."""
+    return (output - target).square().sum(dim=1).sum()
 
 
 def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid], output: Callable,
                          inputs: torch.Tensor, targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
-                         regularisation: float = REGULARISATION, learning_mode: Callable = nullcontext
-                         ) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
+                         regularisation: float = REGULARISATION, learning_mode: Callable = nullcontext,
+                         share: DataShare | None = None) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
     """Learn the roundings of several float ``weights`` together: ``output(rounded weights, inputs)``
     is the layer or block computed with them, fitted to ``targets`` (its float output on float
     inputs) from ``inputs`` (its inputs in the quantized model). ``learning_mode()`` is entered for
-    the optimisation only (the errors are measured outside it). Returns each weight's result (the
-    errors are those of the whole output) and the loss of every step."""
+    the optimisation only (the errors are measured outside it). With ``share`` the images are spread
+    over processes (``DataShare``) and every process learns the same rounding. Returns each weight's
+    result (the errors are those of the whole output) and the loss of every step."""
     weights = {name: weight.detach() for name, weight in weights.items()}
     logits = {name: initial_logits(weight, grids[name]).requires_grad_(True) for name, weight in weights.items()}
     optimiser = torch.optim.Adam(list(logits.values()), lr=LEARNING_RATE)
     generator = torch.Generator().manual_seed(seed)
+    total = share.total if share is not None else len(inputs)
+    local_of = share.local_of() if share is not None else None
+    positions = targets[0].numel() // targets.shape[1]
 
     def rounded(roundings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: rounded_weight(weight, grids[name], roundings[name]) for name, weight in weights.items()}
@@ -112,20 +147,28 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
     losses = []
     with learning_mode():
         for step in range(iterations):
-            chosen = torch.randint(len(inputs), (min(batch, len(inputs)),), generator=generator)
+            chosen = torch.randint(total, (min(batch, total),), generator=generator)
             soft = {name: rectified_sigmoid(value) for name, value in logits.items()}
-            loss = reconstruction_loss(output(rounded(soft), inputs[chosen]), targets[chosen])
+            if local_of is None:
+                loss = reconstruction_loss(output(rounded(soft), inputs[chosen]), targets[chosen])
+            else:   # this process's part of the step's loss: the mean is over the images of every process
+                mine = local_of[chosen][local_of[chosen] >= 0]
+                loss = (sample_loss_sum(output(rounded(soft), inputs[mine]), targets[mine]) / (len(chosen) * positions)
+                        if len(mine) else sum(value.sum() for value in soft.values()) * 0.0)
             beta = beta_at(step, iterations)
-            if beta is not None:
+            if beta is not None and (share is None or share.adds_regulariser):
                 loss = loss + regularisation * sum(rounding_regulariser(value, beta) for value in soft.values())
             optimiser.zero_grad()
             loss.backward()
+            if share is not None:
+                for value in logits.values():
+                    value.grad = share.sum(value.grad)
             optimiser.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(loss.detach()) if share is None else float(share.sum(loss.detach().reshape(1))))
     ups = {name: (value.detach() >= 0).float() for name, value in logits.items()}
     nearest = {name: nearest_rounding(weight, grids[name]) for name, weight in weights.items()}
-    nearest_error = output_error(output, rounded(nearest), inputs, targets, batch)
-    learned_error = output_error(output, rounded(ups), inputs, targets, batch)
+    nearest_error = output_error(output, rounded(nearest), inputs, targets, batch, share)
+    learned_error = output_error(output, rounded(ups), inputs, targets, batch, share)
     history = tuple(losses)  # one object shared by the weights learned together
     results = {}
     for name, value in logits.items():
@@ -137,9 +180,9 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
 
 def learn_rounding(module: nn.Module, weight: torch.Tensor, grid: Grid, inputs: torch.Tensor,
                    targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
-                   regularisation: float = REGULARISATION) -> RoundingResult:
+                   regularisation: float = REGULARISATION, share: DataShare | None = None) -> RoundingResult:
     """Learn the rounding of one layer's float ``weight`` (``learn_soft_roundings`` for one weight)."""
     results, _ = learn_soft_roundings({"weight": weight}, {"weight": grid},
                                       lambda weights, batch_inputs: layer_output(module, weights["weight"], batch_inputs),
-                                      inputs, targets, iterations, batch, seed, regularisation)
+                                      inputs, targets, iterations, batch, seed, regularisation, share=share)
     return results["weight"]

@@ -186,7 +186,8 @@ def blocks_in_order(quantized, images: torch.Tensor) -> tuple[dict[str, list[str
 
 
 def learn_model_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None,
-                         reuse_chained: bool = True) -> dict[str, adaround.RoundingResult]:
+                         reuse_chained: bool = True, share: adaround.DataShare | None = None
+                         ) -> dict[str, adaround.RoundingResult]:
     """AdaRound every layer with integer-grid weights, in execution order; each learned rounding is
     put in place (``quantized.use_weight_rounding``) before the next layer's inputs are taken.
     ``bar(layer_names)`` wraps the layer loop (a progress bar) and may take ``set_postfix``.
@@ -218,7 +219,7 @@ def learn_model_rounding(quantized, images: torch.Tensor, options: RoundingOptio
             inputs = inputs_within_block(block, relative, quantized_block_inputs, options.batch)
         with quantized.bypassed():  # the layer's own hooks stay out of the learning passes
             result = adaround.learn_rounding(module, float_weight, weight_grid(quantized, name), inputs, targets,
-                                             options.iterations, options.batch, options.seed)
+                                             options.iterations, options.batch, options.seed, share=share)
         use_weight_rounding(quantized, name, result.up)
         results[name] = result
         if hasattr(layers, "set_postfix"):
@@ -231,10 +232,12 @@ def _relative(block: str, layer: str) -> str:
 
 
 def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None,
-                         reuse_chained: bool = True) -> dict[str, adaround.RoundingResult]:
+                         reuse_chained: bool = True, share: adaround.DataShare | None = None
+                         ) -> dict[str, adaround.RoundingResult]:
     """BRECQ / QDrop: every block's layers' roundings learned together, blocks in execution order.
     ``reuse_chained``: take a chained block's inputs from the block before it (see the module
-    docstring) instead of running the model up to it; the inputs are the same either way."""
+    docstring) instead of running the model up to it; the inputs are the same either way. With
+    ``share`` the images are this process's part of those of several (``adaround.DataShare``)."""
     blocks, order = blocks_in_order(quantized, images)
     block_inputs = BlockInputs(quantized, images, order, options.batch, reuse_chained)
     results = {}
@@ -257,7 +260,7 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
         with quantized.measures_paused():
             learned, _ = adaround.learn_soft_roundings(
                 weights, grids, block_output, inputs, targets, options.iterations, options.batch, options.seed,
-                learning_mode=lambda: quantized.learning.straight_through(options.drop, options.seed))
+                learning_mode=lambda: quantized.learning.straight_through(options.drop, options.seed), share=share)
         for name, result in learned.items():
             use_weight_rounding(quantized, name, result.up)
         results.update(learned)
