@@ -60,7 +60,8 @@ class RecipeFiles:
 def rounding_recipe(methods: Methods, config: QuantConfig) -> str:
     """The recipe a rounding file belongs to: the learning method, QDrop and the whole resolved
     configuration (a frozen dataclass)."""
-    return f"{ROUNDING_FLAGS[methods.rounding]} qdrop={methods.qdrop} {config!r}"
+    steps = " --learn-step-sizes" if methods.learn_step_sizes else ""
+    return f"{ROUNDING_FLAGS[methods.rounding]}{steps} qdrop={methods.qdrop} {config!r}"
 
 
 class StoredState:
@@ -94,8 +95,9 @@ class StoredState:
             shapes = {name: quantized.float_params[name][0].shape for name in integer_grid_layers(quantized)}
             fix = (f"learn it again with {ROUNDING_FLAGS[methods.rounding]} -sm collect (same model and quantization "
                    "flags)")
-            state.rounding = load_rounding(files.rounding_path(methods), files.model_name,
-                                           rounding_recipe(methods, config), shapes, fix, self.fingerprint)
+            state.rounding, state.activation_scales = load_rounding(
+                files.rounding_path(methods), files.model_name, rounding_recipe(methods, config), shapes, fix,
+                self.fingerprint)
         if files.load_qat is not None:
             fix = "save it again with --qat-epochs N --save-qat PATH (same model and --qtype / -qw)"
             state.trained = load_qat(files.load_qat, files.model_name, files.qat_recipe, layer_shapes(quantized), fix,
@@ -138,7 +140,8 @@ def save_rounding_file(files: RecipeFiles, config: QuantConfig, methods: Methods
     from pytorch_quantizer.formats.rounding_io import save_rounding
 
     path = files.rounding_path(methods)
-    save_rounding(path, state.rounding, files.model_name, rounding_recipe(methods, config), fingerprint)
+    save_rounding(path, state.rounding, files.model_name, rounding_recipe(methods, config), fingerprint,
+                  state.activation_scales)
     return path
 
 

@@ -28,6 +28,10 @@ def add_weight_method_flags(parser: argparse.ArgumentParser, positive_int) -> No
     group.add_argument("--qdrop", type=probability, default=None, metavar="P",
                        help="with --reconstruct block: each activation element stays float with probability P while "
                             "learning (QDrop, Wei et al. 2022; default 0)")
+    group.add_argument("--learn-step-sizes", action="store_true",
+                       help="with --reconstruct block: learn the step sizes of each block's activation grids with its "
+                            "rounding (LSQ gradients, Adam at 4e-5, as BRECQ / QDrop do); needs fixed ranges (-sm "
+                            "collect / use or -ac); saved in the rounding file and reused with -sm use")
     group.add_argument("--recon-iters", type=positive_int, default=None, metavar="N",
                        help=f"optimisation steps per layer / block of --adaround / --reconstruct "
                             f"(default: {DEFAULT_RECON_ITERS})")
@@ -63,6 +67,11 @@ def check_weight_method_flags(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} concerns learned rounding: add --adaround or --reconstruct block")
     if args.qdrop is not None and not args.reconstruct:
         raise UserError("--qdrop drops activation quantization while learning blocks: add --reconstruct block")
+    if args.learn_step_sizes and not args.reconstruct:
+        raise UserError("--learn-step-sizes learns activation step sizes block by block: add --reconstruct block")
+    if args.learn_step_sizes and not (args.sm in ("collect", "use") or args.ac):
+        raise UserError("--learn-step-sizes learns the step sizes of fixed activation ranges: add -sm collect, "
+                        "-sm use or -ac")
     training = "--qat-epochs" if args.qat_epochs else "--load-qat" if args.load_qat is not None else None
     for flag in ("--equalize" if args.equalize else None, learning):
         if flag is not None and training:

@@ -47,7 +47,7 @@ def test_any_rounding_file_loads_as_0_1_roundings_of_the_right_shapes_or_is_refu
         torch.save({"format": "ptq-rounding", "version": 2, "model": "m", "weights_fingerprint": "f", "recipe": "r",
                     "layers": layers}, path)
         try:
-            loaded = rounding_io.load_rounding(path, "m", "r", SHAPES, "fix", "f")
+            loaded, _ = rounding_io.load_rounding(path, "m", "r", SHAPES, "fix", "f")
         except Exception as error:  # noqa: BLE001 - the property: only one kind of error escapes
             one_line(error)
             return

@@ -108,6 +108,7 @@ def load(model: nn.Module, path: str | Path, config: QuantConfig | None = None, 
     except TypeError as error:
         raise QuantizationError(f"{path}: its methods are not this tool's ({error}); {LOAD_FIX}") from None
     state = RecipeState(statistics=payload["statistics"], rounding=payload["rounding"],
+                        activation_scales=payload["activation_scales"],
                         family_plans=payload["family_plans"], trained=payload["trained"],
                         bias_corrections=payload["bias_corrections"])
     example = torch.zeros(payload["input_shape"])

@@ -28,13 +28,16 @@ class Methods:
     al. 2019) before quantization. ``rounding``: learned rounding of integer-grid weights on the
     calibration images, ``rounding_steps`` Adam steps of ``rounding_batch`` images per layer / block;
     ``qdrop``: with block rounding, the probability that an activation element stays float while
-    learning (QDrop, Wei et al. 2022). ``qat_epochs``: quantization-aware fine-tuning of the other
+    learning (QDrop, Wei et al. 2022); ``learn_step_sizes``: with block rounding, the step sizes of
+    the block's activation grids (fixed by calibration statistics) learned with its rounding, by LSQ
+    gradients, as BRECQ and QDrop do. ``qat_epochs``: quantization-aware fine-tuning of the other
     seeds' kinds (STE) on labelled training batches at learning rate ``qat_lr``.
     """
 
     equalize: bool = False
     rounding: Rounding | str = Rounding.NEAREST
     qdrop: float = 0.0
+    learn_step_sizes: bool = False
     rounding_steps: int = DEFAULT_ROUNDING_STEPS
     rounding_batch: int = DEFAULT_ROUNDING_BATCH
     qat_epochs: int = 0
@@ -51,6 +54,9 @@ class Methods:
         if self.qdrop and self.rounding != Rounding.BLOCK:
             raise QuantizationError("Methods.qdrop drops activation quantization while learning blocks: set "
                                     "rounding='block'", code="qdrop_without_block", field="qdrop")
+        if self.learn_step_sizes and self.rounding != Rounding.BLOCK:
+            raise QuantizationError("Methods.learn_step_sizes learns activation step sizes block by block: set "
+                                    "rounding='block'", code="step_sizes_without_block", field="learn_step_sizes")
         for name in ("rounding_steps", "rounding_batch"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise QuantizationError(f"Methods.{name} must be a positive integer, got {getattr(self, name)!r}",

@@ -61,12 +61,13 @@ class OneProcess:
 class RecipeState:
     """What a recipe computed from data, from which the same quantized model is rebuilt without the
     data: activation statistics (accumulated over calibration batches; ``other_statistics`` of the
-    other granularity when asked for), learned weight roundings (1 rounds up), the other seeds'
-    calibrated activation plans, a fine-tuned state, and folded activation bias corrections."""
+    other granularity when asked for), learned weight roundings (1 rounds up) and activation step
+    sizes learned with them, the other seeds' calibrated activation plans, a fine-tuned state, and folded activation bias corrections."""
 
     statistics: dict[str, StatsAccumulator] | None = None
     other_statistics: dict[str, StatsAccumulator] | None = None
     rounding: dict[str, torch.Tensor] | None = None
+    activation_scales: dict[str, torch.Tensor] | None = None
     family_plans: dict[str, LevelPlan] | None = None
     trained: TrainedState | None = None
     bias_corrections: dict[str, torch.Tensor] | None = None
@@ -305,14 +306,18 @@ def settle_rounding(quantized: QuantizedModel, methods: Methods, inputs: RecipeI
     stored = inputs.state.rounding
     if stored is not None:
         check_rounding(quantized, stored)
+        scales = inputs.state.activation_scales or {}
+        check_step_sizes(quantized, scales, methods)
+        quantized.use_activation_scales(scales)
         for name, up in stored.items():
             use_weight_rounding(quantized, name, up.to(inputs.device))
-        state.rounding = dict(stored)
+        state.rounding, state.activation_scales = dict(stored), dict(scales) or None
         report.rounding = {"rounding_seconds": round(time.perf_counter() - start, 3)}
         return
     batches = [batch_images(item) for item in not_empty(inputs.calibration, "calibration")]
     images = torch.cat(batches).to(inputs.device)
-    options = RoundingOptions(methods.rounding_steps, methods.rounding_batch, quantized.config.seed, methods.qdrop)
+    options = RoundingOptions(methods.rounding_steps, methods.rounding_batch, quantized.config.seed, methods.qdrop,
+                              methods.learn_step_sizes)
     blocks = methods.rounding == Rounding.BLOCK
     learn = learn_block_rounding if blocks else learn_model_rounding
     bar = (lambda names: inputs.progress(names, "reconstruct" if blocks else "adaround")) if inputs.progress else None
@@ -320,6 +325,7 @@ def settle_rounding(quantized: QuantizedModel, methods: Methods, inputs: RecipeI
     results = learn(quantized, images, options, bar, share=share)
     learned = {id(result.losses): result for result in results.values()}  # the layers of a block share one
     state.rounding = {name: result.up.detach().cpu() for name, result in results.items()}
+    state.activation_scales = dict(quantized.activation_scales) or None
     report.rounding = {"rounding_layers": len(results), "rounding_seconds": round(time.perf_counter() - start, 3),
                        "rounding_nearest_error": sum(result.nearest_error for result in learned.values()),
                        "rounding_learned_error": sum(result.learned_error for result in learned.values())}
@@ -340,6 +346,20 @@ def data_share(batch_sizes: list[int], processes: Processes):
     positions = torch.cat([torch.arange(int(starts[index]), int(starts[index] + size))
                            for index, size in zip(mine.tolist(), batch_sizes)])
     return DataShare(positions, int(sizes.sum()), processes.sum, processes.rank == 0)
+
+
+def check_step_sizes(quantized: QuantizedModel, scales: dict[str, torch.Tensor], methods: Methods) -> None:
+    """Stored step sizes: present when they were learned (``Methods.learn_step_sizes``) and only
+    then, each finite, positive and of a layer with an activation grid."""
+    if bool(scales) != methods.learn_step_sizes:
+        raise QuantizationError("the stored rounding was learned " + ("with" if scales else "without")
+                                + " activation step sizes, unlike Methods.learn_step_sizes", code="step_sizes_mismatch",
+                                field="learn_step_sizes")
+    for name, scale in scales.items():
+        plan = quantized.plans.get(name)
+        if plan is None or plan.activation is None or not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+            raise QuantizationError(f"the stored activation step size of layer {name} is not a positive finite step "
+                                    "of one of its activation grids", code="step_sizes_values")
 
 
 def check_rounding(quantized: QuantizedModel, rounding: dict[str, torch.Tensor]) -> None:

@@ -56,6 +56,7 @@ def save_model_state(path: Path, *, fingerprint: str, config: dict, methods: dic
         "statistics": None if state.statistics is None else
         {name: _cpu(accumulator.state) for name, accumulator in state.statistics.items()},
         "rounding": _cpu(state.rounding, torch.uint8),
+        "activation_scales": _cpu(state.activation_scales),
         "family_plans": _plans(state.family_plans),
         "trained": trained,
         "bias_corrections": _cpu(state.bias_corrections),
@@ -122,6 +123,7 @@ def load_model_state(path: Path, fix: str) -> dict:
             raise QuantizationError(f"{path}: the rounding of layer {name} holds values other than 0 and 1 (modified or "
                                     f"damaged); {fix}", code="damaged_file")
     payload["rounding"] = None if rounding is None else {name: up.float() for name, up in rounding.items()}
+    payload["activation_scales"] = _tensors(path, "activation step sizes", payload.get("activation_scales"), fix)
     payload["family_plans"] = _level_plans(path, "activation plans", payload.get("family_plans"), fix)
     payload["bias_corrections"] = _tensors(path, "bias corrections", payload.get("bias_corrections"), fix)
     trained = payload.get("trained")

@@ -31,6 +31,7 @@ WARMUP = 0.2
 BETA_START, BETA_END = 20.0, 2.0
 REGULARISATION = 0.01
 LEARNING_RATE = 1e-2
+STEP_SIZE_LEARNING_RATE = 4e-5   # BRECQ's and QDrop's Adam rate for activation step sizes
 
 
 def rectified_sigmoid(logits: torch.Tensor) -> torch.Tensor:
@@ -126,16 +127,22 @@ def sample_loss_sum(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid], output: Callable,
                          inputs: torch.Tensor, targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
                          regularisation: float = REGULARISATION, learning_mode: Callable = nullcontext,
-                         share: DataShare | None = None) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
+                         share: DataShare | None = None, step_sizes: list[torch.Tensor] | None = None
+                         ) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
     """Learn the roundings of several float ``weights`` together: ``output(rounded weights, inputs)``
     is the layer or block computed with them, fitted to ``targets`` (its float output on float
     inputs) from ``inputs`` (its inputs in the quantized model). ``learning_mode()`` is entered for
     the optimisation only (the errors are measured outside it). With ``share`` the images are spread
-    over processes (``DataShare``) and every process learns the same rounding. Returns each weight's
-    result (the errors are those of the whole output) and the loss of every step."""
+    over processes (``DataShare``) and every process learns the same rounding. ``step_sizes``
+    (tensors requiring gradients, used by ``output`` inside ``learning_mode``) are learned alongside
+    with Adam at ``STEP_SIZE_LEARNING_RATE``. Returns each weight's result (the errors are those of the
+    whole output) and the loss of every step."""
     weights = {name: weight.detach() for name, weight in weights.items()}
     logits = {name: initial_logits(weight, grids[name]).requires_grad_(True) for name, weight in weights.items()}
-    optimiser = torch.optim.Adam(list(logits.values()), lr=LEARNING_RATE)
+    optimisers = [torch.optim.Adam(list(logits.values()), lr=LEARNING_RATE)]
+    if step_sizes:
+        optimisers.append(torch.optim.Adam(step_sizes, lr=STEP_SIZE_LEARNING_RATE))
+    learned = [*logits.values(), *(step_sizes or [])]
     generator = torch.Generator().manual_seed(seed)
     total = share.total if share is not None else len(inputs)
     local_of = share.local_of() if share is not None else None
@@ -158,12 +165,14 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
             beta = beta_at(step, iterations)
             if beta is not None and (share is None or share.adds_regulariser):
                 loss = loss + regularisation * sum(rounding_regulariser(value, beta) for value in soft.values())
-            optimiser.zero_grad()
+            for optimiser in optimisers:
+                optimiser.zero_grad()
             loss.backward()
             if share is not None:
-                for value in logits.values():
-                    value.grad = share.sum(value.grad)
-            optimiser.step()
+                for value in learned:
+                    value.grad = share.sum(value.grad if value.grad is not None else torch.zeros_like(value))
+            for optimiser in optimisers:
+                optimiser.step()
             losses.append(float(loss.detach()) if share is None else float(share.sum(loss.detach().reshape(1))))
     ups = {name: (value.detach() >= 0).float() for name, value in logits.items()}
     nearest = {name: nearest_rounding(weight, grids[name]) for name, weight in weights.items()}

@@ -38,6 +38,7 @@ class RoundingOptions:
     batch: int
     seed: int = 0
     drop: float = 0.0   # QDrop probability inside blocks
+    step_sizes: bool = False   # learn the block's activation step sizes with its rounding (LSQ)
 
 
 def model_blocks(model: nn.Module, layers: list[str]) -> dict[str, list[str]]:
@@ -231,6 +232,21 @@ def _relative(block: str, layer: str) -> str:
     return layer[len(block) + 1:] if layer != block else ""
 
 
+def initial_step_sizes(quantized, block_name: str) -> dict[str, torch.Tensor]:
+    """The step sizes of the GEMMLOWP activation grids inside a block, fixed by the statistics, as
+    tensors to learn (none where the ranges come from each batch or the grid is mid-tread)."""
+    if quantized.activation_stats is None:
+        return {}
+    scales = {}
+    for name, plan in quantized.activation_plans().items():
+        inside = name == block_name or name.startswith(block_name + ".")
+        if inside and plan.activation.kind.grid and name in quantized.activation_stats:
+            grid = quantized.activation_plan(name)
+            if not grid.mid_tread:
+                scales[name] = grid.scale.detach().clone().float().requires_grad_(True)
+    return scales
+
+
 def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None,
                          reuse_chained: bool = True, share: adaround.DataShare | None = None
                          ) -> dict[str, adaround.RoundingResult]:
@@ -257,10 +273,17 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
             parameters = {f"{_relative(block_name, name)}.weight".lstrip("."): weight for name, weight in rounded.items()}
             return torch.func.functional_call(block, parameters, (batch_inputs,))
 
-        with quantized.measures_paused():
-            learned, _ = adaround.learn_soft_roundings(
-                weights, grids, block_output, inputs, targets, options.iterations, options.batch, options.seed,
-                learning_mode=lambda: quantized.learning.straight_through(options.drop, options.seed), share=share)
+        scales = initial_step_sizes(quantized, block_name) if options.step_sizes else {}
+        quantized.learning.scales = scales
+        try:
+            with quantized.measures_paused():
+                learned, _ = adaround.learn_soft_roundings(
+                    weights, grids, block_output, inputs, targets, options.iterations, options.batch, options.seed,
+                    learning_mode=lambda: quantized.learning.straight_through(options.drop, options.seed), share=share,
+                    step_sizes=list(scales.values()))
+        finally:
+            quantized.learning.scales = {}
+        quantized.use_activation_scales(scales)
         for name, result in learned.items():
             use_weight_rounding(quantized, name, result.up)
         results.update(learned)

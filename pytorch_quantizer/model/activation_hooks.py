@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from pytorch_quantizer.maths.bias_correction import correct_positive_outputs
+from pytorch_quantizer.maths.primitives import broadcast_shape
+from pytorch_quantizer.maths.step_size import lsq_fake_quantize
 from pytorch_quantizer.model.observers import observe
 from pytorch_quantizer.model.plans import ACTIVATION_AXIS, observed_layer
 from pytorch_quantizer.quantizers.quantizer import apply_plan, plan_quantization
@@ -79,10 +81,21 @@ def quantize_family_activation(quantized, name: str, x: torch.Tensor, module: nn
     return values.to(x.dtype)
 
 
+def learned_activation(quantized, name: str, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x`` on the layer's fixed grid with a step size being learned (LSQ): differentiable in both."""
+    plan = quantized.activation_plan(name)
+    shape = broadcast_shape(x, ACTIVATION_AXIS) if plan.scale.dim() else ()
+    return lsq_fake_quantize(x, scale, plan.zero_point.to(x.device), plan.qmax.to(x.device), shape)
+
+
 def input_hook(quantized, name: str):
     def hook(module, args):
         if quantized.bypassing or name in quantized.floating:
             return None
+        scale = quantized.learning.learnable_scale(name)
+        if scale is not None:
+            return (quantized.learning.learned(args[0], learned_activation(quantized, name, args[0], scale)),
+                    *args[1:])
         if not quantized.plans[name].activation.kind.grid:
             values = quantize_family_activation(quantized, name, args[0], module)
         else:
@@ -103,6 +116,10 @@ def output_hook(quantized, name: str):
         if quantized.bypassing or name in quantized.floating:
             return None
         fused = quantized.fused
+        scale = quantized.learning.learnable_scale(name)
+        if scale is not None:
+            return quantized.learning.learned(output, learned_activation(quantized, name, fused.observed(name, output),
+                                                                         scale))
         reference = fused.apply(name, output) if quantized.measure_error else None
         values = quantize_activation(quantized, name, fused.observed(name, output), reference)
         if corrects_outputs_online(quantized) and isinstance(module, nn.Conv2d):

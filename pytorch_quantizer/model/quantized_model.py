@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -63,6 +63,7 @@ class QuantizedModel:
     input_producers: dict[str, str] = field(init=False, default_factory=dict)
     learning: StraightThrough = field(init=False, default_factory=StraightThrough)
     floating: set[str] = field(init=False, default_factory=set)   # layers whose activation hooks pass values on
+    activation_scales: dict[str, torch.Tensor] = field(init=False, default_factory=dict)   # learned step sizes (LSQ)
 
     def __post_init__(self):
         self._handles = []
@@ -150,10 +151,22 @@ class QuantizedModel:
                 raise QuantizationError(f"layer {name} runs but has no statistics (calibration never reached it); "
                                         "calibrate again with images that run through every layer",
                                         code="layer_without_statistics", detail=name)
-            self._fixed_plans[name] = plan_quantization(stats, self.plans[name].activation, self.config,
-                                                        self.fused.starts_at_zero(name, stats),
-                                                        ceiling=self.fused.ceiling(name))
+            plan = plan_quantization(stats, self.plans[name].activation, self.config,
+                                     self.fused.starts_at_zero(name, stats), ceiling=self.fused.ceiling(name))
+            learned = self.activation_scales.get(name)
+            if learned is not None:   # a step size learned with the rounding (LSQ): the same codes, another step
+                scale = learned.to(plan.scale.device, plan.scale.dtype).reshape(plan.scale.shape)
+                plan = replace(plan, scale=scale, lo=(0 - plan.zero_point) * scale, hi=(plan.qmax - plan.zero_point) * scale)
+            self._fixed_plans[name] = plan
         return self._fixed_plans[name]
+
+    def use_activation_scales(self, scales: dict[str, torch.Tensor]) -> None:
+        """Learned activation step sizes replace those of the statistics at these layers."""
+        self.activation_scales.update({name: scale.detach().float().cpu() for name, scale in scales.items()})
+        for name in scales:
+            self._fixed_plans.pop(name, None)
+        if self.config.int32_bias and self.activation_stats is not None:
+            weights.round_biases(self)
 
     @property
     def bypassing(self) -> bool:
