@@ -81,3 +81,30 @@ def test_merging_shard_accumulators_equals_one_accumulator_of_all_batches():
     for kind in ("mean", "max"):
         merged, single = even.reduce(kind).as_dict(), whole.reduce(kind).as_dict()
         assert all(torch.allclose(merged[key], single[key], rtol=1e-6, atol=0) for key in single)
+
+
+def learned_rounding(folder):
+    payload = torch.load(folder / "fmnist_resnet20.output.block-rounding.pt", weights_only=True)
+    return payload["layers"]
+
+
+def test_torchrun_learns_the_rounding_of_one_process_with_the_same_global_batch(tmp_path):
+    """Two processes learn on their halves of the calibration images, each step's batch drawn over all
+    of them and the gradients summed: the rounding of one process, but for the order of float sums."""
+    common = ["-a", "fmnist_resnet20", "-ss", "400", "-b", "40", "-p", "0", "--qtype", "int8", "-qw", "int4",
+              "-pcq_w", "-sm", "collect", "-cs", "128", "--reconstruct", "block", "--recon-iters", "60",
+              "--recon-batch", "32"]
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    for name, launcher in (("single", [sys.executable]),
+                           ("torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                         "--nproc_per_node=2"])):
+        result = subprocess.run([*launcher, "inference/inference_sim.py", *common, "-sf", str(tmp_path / name),
+                                 "--results-json", str(tmp_path / f"{name}.json"), "--mlflow-uri", uri, "-mlexp", name],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+    single, parallel = learned_rounding(tmp_path / "single"), learned_rounding(tmp_path / "torchrun")
+    same = sum(int((single[name] == parallel[name]).sum()) for name in single)
+    total = sum(value.numel() for value in single.values())
+    assert set(single) == set(parallel) and same / total >= 0.999, same / total
+    results = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("single", "torchrun")]
+    assert abs(results[0]["top1"] - results[1]["top1"]) <= 0.25 and results[1]["processes"] == 2
