@@ -41,7 +41,7 @@ DEFAULT_CUDA_ARCH = "9.0"  # H100 / H200, used when no GPU is visible to ask for
 class Extension:
     name: str
     kind: str
-    source: str
+    sources: tuple[str, ...]
     cflags: tuple[str, ...]
     cuda_cflags: tuple[str, ...] = ()
     ldflags: tuple[str, ...] = ()
@@ -60,7 +60,7 @@ class Extension:
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
-        for name in (self.source, *HEADERS):
+        for name in (*self.sources, *HEADERS):
             digest.update((CSRC / name).read_bytes())
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if self.kind == "cuda" else ""
         for part in (*self.cflags, *self.cuda_cflags, *self.ldflags, torch.__version__, str(torch.version.cuda), arch):
@@ -68,9 +68,9 @@ class Extension:
         return digest.hexdigest()
 
 
-CPU = Extension("ptq_kernels_cpu", "cpu", "quant_ops.cpp",
+CPU = Extension("ptq_kernels_cpu", "cpu", ("quant_ops.cpp", "select_ops.cpp"),
                 cflags=("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"), ldflags=("-fopenmp",))
-CUDA = Extension("ptq_kernels_cuda", "cuda", "quant_ops_cuda.cu",
+CUDA = Extension("ptq_kernels_cuda", "cuda", ("quant_ops_cuda.cu", "select_ops_cuda.cu"),
                  cflags=("-O3", "-ffp-contract=off"), cuda_cflags=("-O3", "--fmad=false"))
 
 
@@ -103,7 +103,7 @@ def _build(ext: Extension, verbose: bool, include_dirs: list[str] | None = None)
     fingerprint = ext.fingerprint()  # of the sources as compiled (they may change while ninja runs)
     started = time.perf_counter()
     cpp_extension.load(
-        name=ext.name, sources=[str(CSRC / ext.source)], extra_cflags=list(ext.cflags),
+        name=ext.name, sources=[str(CSRC / source) for source in ext.sources], extra_cflags=list(ext.cflags),
         extra_cuda_cflags=list(ext.cuda_cflags), extra_ldflags=list(ext.ldflags),
         extra_include_paths=[str(CSRC), *(include_dirs or [])], build_directory=str(ext.build_dir),
         verbose=verbose, is_python_module=False)

@@ -58,6 +58,14 @@ def code_histogram(codes, low, num_bins, axis):
     return codes.new_empty(shape, dtype=torch.int64)
 
 
+def qdrop_select(x, q, p, seed):
+    """Same shape and strides as x; q has x's shape."""
+    torch._check(x.dtype == torch.float32 and q.dtype == torch.float32,
+                 lambda: f"qdrop_select: x and q must be float32, got {x.dtype} and {q.dtype}")
+    torch._check(x.shape == q.shape, lambda: f"qdrop_select: q has shape {tuple(q.shape)} but x has {tuple(x.shape)}")
+    return torch.empty_like(x)
+
+
 @functools.cache
 def register() -> None:
     """Register the fake kernels (once per process)."""
@@ -67,3 +75,4 @@ def register() -> None:
     torch.library.register_fake("ptq_kernels::channel_stats")(channel_stats)
     torch.library.register_fake("ptq_kernels::channel_mean_abs_dev")(channel_mean_abs_dev)
     torch.library.register_fake("ptq_kernels::code_histogram")(code_histogram)
+    torch.library.register_fake("ptq_kernels::qdrop_select")(qdrop_select)

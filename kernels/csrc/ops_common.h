@@ -68,6 +68,23 @@ inline DensePair dense_pair(const at::Tensor& x) {
   return {src, out};
 }
 
+// qdrop_select's operands: the output laid out like x, and x and q in that layout (copies where
+// they are not), so that one memory offset addresses the same element of all three.
+struct SelectPair {
+  at::Tensor src, values, out;
+};
+
+inline SelectPair checked_select_pair(const at::Tensor& x, const at::Tensor& q, double p) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && q.scalar_type() == at::kFloat,
+              "qdrop_select: x and q must be float32, got ", x.scalar_type(), " and ", q.scalar_type());
+  TORCH_CHECK(x.sizes() == q.sizes(), "qdrop_select: q has shape ", q.sizes(), " but x has ", x.sizes());
+  TORCH_CHECK(x.device() == q.device(), "qdrop_select: q is on ", q.device(), " but x is on ", x.device());
+  TORCH_CHECK(p >= 0.0 && p <= 1.0, "qdrop_select: p = ", p, " is not a probability in [0, 1]");
+  const DensePair dp = dense_pair(x);
+  at::Tensor values = q.strides() == dp.out.strides() ? q : at::empty_like(dp.out).copy_(q);
+  return {dp.src, values, dp.out};
+}
+
 inline at::Tensor dense(const at::Tensor& x) { return x.is_non_overlapping_and_dense() ? x : x.contiguous(); }
 
 // channel_mean_abs_dev's inputs: float32 x (not empty) and one floating-point mean per channel.

@@ -65,6 +65,9 @@ PTQ_HD float uniform01(RngKey key, uint32_t lo, uint32_t hi) {
   return static_cast<float>(static_cast<int32_t>(h >> 8)) * 5.9604644775390625e-8f;
 }
 
+// QDrop: an element keeps its float value x with probability p (u ~ U[0, 1)), else takes q.
+PTQ_HD float qdrop_pick(float x, float q, float u, float p) { return u < p ? x : q; }
+
 // Round v, or floor(v + u) (stochastic rounding: E[floor(v + u)] = v).
 template <bool Stochastic>
 PTQ_HD float round_value(float v, float u) {

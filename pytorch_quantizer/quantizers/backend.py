@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pytorch_quantizer.maths import primitives, stats
+from pytorch_quantizer.maths import primitives, qdrop, stats
 from pytorch_quantizer.errors import QuantizationError
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,14 @@ def quantize_to_levels(x: torch.Tensor, scale: torch.Tensor, levels: torch.Tenso
     ``threshold_quantize`` with the sorted levels and their midpoints as thresholds."""
     levels = torch.sort(torch.as_tensor(levels, dtype=torch.float32, device=x.device).reshape(-1)).values
     return threshold_quantize(x, scale, primitives.midpoint_thresholds(levels), levels, axis)
+
+
+def qdrop_select(x: torch.Tensor, q: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """QDrop's choice: x where u < p, else q, u drawn per element from (seed, its memory offset) as in
+    ``maths.qdrop`` (the kernels and the reference agree bit for bit); in x's dtype."""
+    if not _use_kernels(x):
+        return qdrop.qdrop_select(x, q, p, seed).to(x.dtype)
+    return torch.ops.ptq_kernels.qdrop_select(x.float(), q.float(), float(p), int(seed)).to(x.dtype)
 
 
 def reference_code_histogram(codes: torch.Tensor, low: int, num_bins: int, axis: int | None = None) -> torch.Tensor:
