@@ -17,6 +17,11 @@ photos; they learn with 50 steps on 32 (lite1) and 16 (lite2) of the 100 held-ou
 their twelve learned rows fit about an hour on 2 cores. Each table gives top-1, agreement with FP32,
 the seconds spent learning the rounding and the seconds of the whole run. Writes
 ``<out>/<model>.md`` and ``<out>/post_training_methods.csv``.
+
+On fmnist_mobilenet and efficientnet_lite0 (issue 27) the table goes on with block + QDrop at fixed
+activation ranges from the calibration statistics (``-sm collect``), with the step sizes learned
+(``--learn-step-sizes``), with ``LONG_STEPS`` steps, and at W3A3 and W2A4. Every row keeps the first
+conv and the classifier at 8 bits (the CLI's default, as in the published protocols).
 """
 from __future__ import annotations
 
@@ -40,24 +45,53 @@ QUICK_ROWS = ("W4A4, nearest rounding", "W4A4, adaround", "W4A4, reconstruct blo
 LEARNING = {"efficientnet_lite0": (100, 200), "efficientnet_lite1": (32, 50), "efficientnet_lite2": (16, 50)}
 FMNIST_LEARNING, QUICK_LEARNING = (256, 500), (64, 10)   # (calibration images, steps)
 
+# Issue 27's rows, on the two models it names: fixed activation ranges from the calibration
+# statistics (-sm collect) with and without learned step sizes, longer learning, lower precisions.
+SCALED_MODELS = ("fmnist_mobilenet", "efficientnet_lite0")
+LOWER_PRECISIONS = {"W3A3": "--qtype int3 -c laplace -qw int3 -pcq_w -bcw",
+                    "W2A4": "--qtype int4 -c laplace -qw int2 -pcq_w -bcw"}
+FIXED_RANGES = "--reconstruct block --qdrop 0.5 -sm collect"
+STEP_SIZES = f"{FIXED_RANGES} --learn-step-sizes"
+LONG_STEPS = {"efficientnet_lite0": 1000, "fmnist_mobilenet": 1000}
 
-def learning(arch: str, quick: bool) -> list[str]:
+
+def learning(arch: str, quick: bool, steps: int | None = None) -> list[str]:
     """Calibration images and steps of the learned rows (see the module docstring)."""
-    images, steps = QUICK_LEARNING if quick else LEARNING.get(arch, FMNIST_LEARNING)
-    return ["-cs", str(images), "--recon-iters", str(steps)]
+    images, default_steps = QUICK_LEARNING if quick else LEARNING.get(arch, FMNIST_LEARNING)
+    return ["-cs", str(images), "--recon-iters", str(steps or default_steps)]
+
+
+def _row(recipe: str, flags: str, arch: str, quick: bool, steps: int | None = None) -> str:
+    learns = "--adaround" in flags or "--reconstruct" in flags
+    return " ".join([recipe, *flags.split(), *(learning(arch, quick, steps) if learns else [])])
+
+
+def scaled_rows(arch: str) -> dict[str, str]:
+    """{label: flags} of issue 27's rows of ``arch`` (none for the other models)."""
+    if arch not in SCALED_MODELS:
+        return {}
+    block, steps = "reconstruct block + QDrop 0.5", LONG_STEPS[arch]
+    rows = {f"W4A4, {block}, fixed ranges": _row(PRECISIONS["W4A4"], FIXED_RANGES, arch, False),
+            f"W4A4, {block} + step sizes": _row(PRECISIONS["W4A4"], STEP_SIZES, arch, False)}
+    for precision in PRECISIONS:
+        rows[f"{precision}, {block} + step sizes, {steps} steps"] = _row(PRECISIONS[precision], STEP_SIZES, arch,
+                                                                         False, steps)
+    for precision, recipe in LOWER_PRECISIONS.items():
+        rows[f"{precision}, nearest rounding"] = recipe
+        rows[f"{precision}, {block} + step sizes"] = _row(recipe, STEP_SIZES, arch, False)
+    return rows
 
 
 def planned_rows(arch: str, quick: bool) -> dict[str, str]:
-    """{label: flags} of one model."""
+    """{label: flags} of one model: every method at W4A8 and W4A4, then ``scaled_rows``."""
     rows = {}
     for precision, recipe in PRECISIONS.items():
         for method, flags in METHODS.items():
             label = f"{precision}, {method}"
             if quick and label not in QUICK_ROWS:
                 continue
-            learns = "--adaround" in flags or "--reconstruct" in flags
-            rows[label] = " ".join([recipe, *flags.split(), *(learning(arch, quick) if learns else [])])
-    return rows
+            rows[label] = _row(recipe, flags, arch, quick)
+    return rows if quick else rows | scaled_rows(arch)
 
 
 def row_figures(label: str, result: dict) -> dict:

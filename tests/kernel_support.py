@@ -1,5 +1,5 @@
 """What the kernel test modules share: the built CPU extension (or a module-level skip), the op
-namespace, the backend reset after each test, the CUDA marker, and the axes and memory layouts every op is checked on."""
+namespace, the backend reset after each test, the CUDA marker and ops, and the axes and memory layouts every op is checked on."""
 import pytest
 import torch
 
@@ -25,6 +25,15 @@ def kernel_ops():
         build.build_cpu()
     except (ImportError, OSError, RuntimeError) as error:
         pytest.skip(f"the ptq_kernels CPU extension cannot be built or loaded: {error}", allow_module_level=True)
+    return torch.ops.ptq_kernels
+
+
+@pytest.fixture(scope="module")
+def cuda_ops():
+    """torch.ops.ptq_kernels with the CUDA extension built (its tests are marked ``needs_cuda``)."""
+    from kernels import build
+
+    build.build_cuda()
     return torch.ops.ptq_kernels
 
 

@@ -13,8 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel_support import LAYOUTS, in_layout, kernel_ops, needs_cuda, reset_backend  # noqa: F401
-from kernels import build
+from kernel_support import LAYOUTS, in_layout, cuda_ops, kernel_ops, needs_cuda, reset_backend  # noqa: F401
 from pytorch_quantizer.maths import qdrop
 from pytorch_quantizer.model.learning_modes import StraightThrough
 from pytorch_quantizer.quantizers import backend
@@ -206,12 +205,6 @@ def test_outside_learning_the_quantized_values_pass_unchanged():
 
 
 # ---- CUDA ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def cuda_ops():
-    build.build_cuda()
-    return ops
-
 
 @needs_cuda
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel_support import AXES, LAYOUTS, in_layout, kernel_ops, needs_cuda, reset_backend  # noqa: F401
+from kernel_support import AXES, LAYOUTS, in_layout, cuda_ops, kernel_ops, needs_cuda, reset_backend  # noqa: F401
 from kernels import build
 from pytorch_quantizer.quantizers import backend
 from pytorch_quantizer.maths import primitives
@@ -281,12 +281,6 @@ def _counting(function, calls: list):
 
 
 # ---- CUDA ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def cuda_ops():
-    build.build_cuda()
-    return ops
-
 
 @needs_cuda
 @pytest.mark.parametrize("layout", LAYOUTS)
