@@ -56,7 +56,7 @@ def learning_seconds(quantized, name: str, layers: list[str], inputs, targets, s
     import torch
 
     from pytorch_quantizer.methods import adaround
-    from pytorch_quantizer.model.weights import weight_grid
+    from pytorch_quantizer.model.weights import weight_correction, weight_grid
 
     block = quantized.model.get_submodule(name)
     weights = {layer: quantized.float_params[layer][0] for layer in layers}
@@ -70,7 +70,8 @@ def learning_seconds(quantized, name: str, layers: list[str], inputs, targets, s
         start = time.perf_counter()
         with quantized.measures_paused():
             adaround.learn_soft_roundings(weights, grids, output, inputs, targets, iterations, batch, 0,
-                                          learning_mode=lambda: quantized.learning.straight_through(drop, 0))
+                                          learning_mode=lambda: quantized.learning.straight_through(drop, 0),
+                                          correction=weight_correction(quantized.config))
         return time.perf_counter() - start
 
     return (timed(1 + steps) - timed(1)) / steps

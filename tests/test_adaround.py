@@ -43,6 +43,25 @@ def test_learned_rounding_is_within_one_step_and_lowers_the_output_error():
     assert result.learned_error < result.nearest_error
 
 
+def test_with_the_weight_correction_the_learner_fits_the_weights_the_model_evaluates():
+    """-bcw moves every quantized channel's mean back to the float one; the learner fits (and
+    reports the error of) the corrected weights, which is what the model computes with."""
+    from pytorch_quantizer.maths.bias_correction import correct_weights
+    from pytorch_quantizer.model.weights import weight_correction
+    from pytorch_quantizer.quantizers.config import QuantConfig, TensorQuantSpec
+
+    conv, weight, grid, inputs, targets = conv_case(seed=3)
+    correction = weight_correction(QuantConfig(weights=TensorQuantSpec(4, per_channel=True), bias_correct_weights=True))
+    assert weight_correction(QuantConfig(weights=TensorQuantSpec(4, per_channel=True))) is None
+    result = adaround.learn_rounding(conv, weight, grid, inputs, targets, iterations=300, batch=32,
+                                     correction=correction)
+    evaluated = correct_weights(weight, weight_grid.rounded_weight(weight, grid, result.up))
+    with torch.no_grad():
+        error = float((adaround.layer_output(conv, evaluated, inputs) - targets).square().mean())
+    assert result.learned_error == pytest.approx(error, rel=1e-5)
+    assert result.learned_error < result.nearest_error
+
+
 def test_the_regulariser_drives_the_soft_rounding_to_zero_or_one():
     conv, weight, grid, inputs, targets = conv_case()
     regularised = adaround.learn_rounding(conv, weight, grid, inputs, targets, iterations=600, batch=32)

@@ -134,15 +134,17 @@ def learning_layout(tensor: torch.Tensor) -> torch.Tensor:
 def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid], output: Callable,
                          inputs: torch.Tensor, targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
                          regularisation: float = REGULARISATION, learning_mode: Callable = nullcontext,
-                         share: DataShare | None = None, step_sizes: list[torch.Tensor] | None = None
-                         ) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
+                         share: DataShare | None = None, step_sizes: list[torch.Tensor] | None = None,
+                         correction: Callable | None = None) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
     """Learn the roundings of several float ``weights`` together: ``output(rounded weights, inputs)``
     is the layer or block computed with them, fitted to ``targets`` (its float output on float
     inputs) from ``inputs`` (its inputs in the quantized model). ``learning_mode()`` is entered for
     the optimisation only (the errors are measured outside it). With ``share`` the images are spread
     over processes (``DataShare``) and every process learns the same rounding. ``step_sizes``
     (tensors requiring gradients, used by ``output`` inside ``learning_mode``) are learned alongside
-    with Adam at ``STEP_SIZE_LEARNING_RATE``. Returns each weight's result (the errors are those of the
+    with Adam at ``STEP_SIZE_LEARNING_RATE``. ``correction(float weight, rounded weight)`` is what the
+    model does to a rounded weight (``weights.weight_correction``: -bcw's mean correction), applied to
+    the soft and the hard roundings alike. Returns each weight's result (the errors are those of the
     whole output) and the loss of every step."""
     weights = {name: weight.detach() for name, weight in weights.items()}
     inputs, targets = learning_layout(inputs), learning_layout(targets)
@@ -157,7 +159,9 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
     positions = targets[0].numel() // targets.shape[1]
 
     def rounded(roundings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {name: rounded_weight(weight, grids[name], roundings[name]) for name, weight in weights.items()}
+        values = {name: rounded_weight(weight, grids[name], roundings[name]) for name, weight in weights.items()}
+        return values if correction is None else {name: correction(weights[name], value)
+                                                  for name, value in values.items()}
 
     losses = []
     with learning_mode():
@@ -197,9 +201,11 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
 
 def learn_rounding(module: nn.Module, weight: torch.Tensor, grid: Grid, inputs: torch.Tensor,
                    targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
-                   regularisation: float = REGULARISATION, share: DataShare | None = None) -> RoundingResult:
+                   regularisation: float = REGULARISATION, share: DataShare | None = None,
+                   correction: Callable | None = None) -> RoundingResult:
     """Learn the rounding of one layer's float ``weight`` (``learn_soft_roundings`` for one weight)."""
     results, _ = learn_soft_roundings({"weight": weight}, {"weight": grid},
                                       lambda weights, batch_inputs: layer_output(module, weights["weight"], batch_inputs),
-                                      inputs, targets, iterations, batch, seed, regularisation, share=share)
+                                      inputs, targets, iterations, batch, seed, regularisation, share=share,
+                                      correction=correction)
     return results["weight"]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pytorch_quantizer.methods import adaround
-from pytorch_quantizer.model.weights import integer_grid_layers, use_weight_rounding, weight_grid
+from pytorch_quantizer.model.weights import integer_grid_layers, use_weight_rounding, weight_correction, weight_grid
 
 
 class _Captured(Exception):
@@ -220,7 +220,8 @@ def learn_model_rounding(quantized, images: torch.Tensor, options: RoundingOptio
             inputs = inputs_within_block(block, relative, quantized_block_inputs, options.batch)
         with quantized.bypassed():  # the layer's own hooks stay out of the learning passes
             result = adaround.learn_rounding(module, float_weight, weight_grid(quantized, name), inputs, targets,
-                                             options.iterations, options.batch, options.seed, share=share)
+                                             options.iterations, options.batch, options.seed, share=share,
+                                             correction=weight_correction(quantized.config))
         use_weight_rounding(quantized, name, result.up)
         results[name] = result
         if hasattr(layers, "set_postfix"):
@@ -280,7 +281,7 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
                 learned, _ = adaround.learn_soft_roundings(
                     weights, grids, block_output, inputs, targets, options.iterations, options.batch, options.seed,
                     learning_mode=lambda: quantized.learning.straight_through(options.drop, options.seed), share=share,
-                    step_sizes=list(scales.values()))
+                    step_sizes=list(scales.values()), correction=weight_correction(quantized.config))
         finally:
             quantized.learning.scales = {}
         quantized.use_activation_scales(scales)

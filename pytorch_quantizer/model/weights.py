@@ -45,9 +45,18 @@ def weight_values(weight: torch.Tensor, spec: TensorQuantSpec, config, up: torch
             values = rounded_weight(weight, grid, up.to(weight.device))
         measures.mean_bits = float(plan.bits.float().mean())
         measures.clip_mean = float(((plan.hi - plan.lo) / 2).mean())
-    if config.bias_correct_weights or config.variance_correct_weights:
-        values = correct_weights(weight, values, config.bias_correct_weights, config.variance_correct_weights)
-    return values, codes, measures
+    correction = weight_correction(config)
+    return (values if correction is None else correction(weight, values)), codes, measures
+
+
+def weight_correction(config):
+    """What the model does to every quantized weight (``-bcw`` / ``-vcw``: ``correct_weights``), as
+    f(float weight, quantized weight), differentiable; None without a correction. The learners of the
+    rounding apply it too, so that they fit the weights the model will evaluate."""
+    if not (config.bias_correct_weights or config.variance_correct_weights):
+        return None
+    return lambda weight, values: correct_weights(weight, values, config.bias_correct_weights,
+                                                  config.variance_correct_weights)
 
 
 @torch.no_grad()
