@@ -7,7 +7,6 @@ from pathlib import Path
 
 from inference.errors import UserError
 from pytorch_quantizer.formats.safe_io import file_problem
-from pytorch_quantizer.methods.mixed_precision import DEFAULT_CANDIDATES
 
 GROUP_TITLE = "sensitivity analysis and mixed precision"
 DEFAULT_IMAGES = 32
@@ -32,6 +31,8 @@ def pinned_bits(text: str) -> tuple[str, int]:
 
 
 def add_precision_flags(parser: argparse.ArgumentParser, positive_int, positive_float) -> None:
+    from pytorch_quantizer.methods.mixed_precision import DEFAULT_CANDIDATES   # imports torch: not at import time
+
     group = parser.add_argument_group(GROUP_TITLE)
     group.add_argument("--sensitivity", type=Path, default=None, metavar="CSV",
                        help="measure every quantized layer at every --sensitivity-bits on calibration images (KL to "
@@ -98,7 +99,7 @@ def check_precision_flags(args: argparse.Namespace) -> None:
 def precision_settings(args: argparse.Namespace):
     """The analysis and mixed-precision settings of a run (None when it asks for neither)."""
     from inference.precision import PrecisionSettings
-    from pytorch_quantizer.methods.mixed_precision import Budget
+    from pytorch_quantizer.methods.mixed_precision import DEFAULT_CANDIDATES, Budget
     from pytorch_quantizer.methods.sensitivity import KINDS
 
     if args.sensitivity is None and not budget_given(args) and args.mp_plan is None:

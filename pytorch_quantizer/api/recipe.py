@@ -10,12 +10,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import torch
 from torch import nn
 
 from pytorch_quantizer.api.options import Methods, Rounding, Statistics
+from pytorch_quantizer.api.processes import OneProcess, Processes, data_share
 from pytorch_quantizer.errors import QuantizationError
 from pytorch_quantizer.methods.trained_state import TrainedState
 from pytorch_quantizer.model.observers import StatsAccumulator
@@ -26,35 +26,6 @@ from pytorch_quantizer.quantizers.families import LevelPlan
 LOG = logging.getLogger("pytorch_quantizer")
 
 Progress = Callable[[Iterable, str], Iterable]
-
-
-class Processes(Protocol):
-    """The processes a run is split over (``torch.distributed``); ``OneProcess`` without it. Each
-    process is given its share of the calibration batches by whole batches in turn: batch k of the
-    order of one process is on process k mod ``world_size`` (the CLI's loaders do so)."""
-
-    @property
-    def distributed(self) -> bool: ...
-
-    @property
-    def rank(self) -> int: ...
-
-    @property
-    def world_size(self) -> int: ...
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor: ...
-
-    def merge_statistics(self, accumulators: dict[str, StatsAccumulator]) -> None: ...
-
-
-class OneProcess:
-    distributed, rank, world_size = False, 0, 1
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        return values
-
-    def merge_statistics(self, accumulators: dict[str, StatsAccumulator]) -> None:
-        return None
 
 
 @dataclass
@@ -329,23 +300,6 @@ def settle_rounding(quantized: QuantizedModel, methods: Methods, inputs: RecipeI
     report.rounding = {"rounding_layers": len(results), "rounding_seconds": round(time.perf_counter() - start, 3),
                        "rounding_nearest_error": sum(result.nearest_error for result in learned.values()),
                        "rounding_learned_error": sum(result.learned_error for result in learned.values())}
-
-
-def data_share(batch_sizes: list[int], processes: Processes):
-    """This process's ``DataShare`` of batches split in turn over the processes (``Processes``): the
-    global position of each of its images, from every process's batch sizes."""
-    from pytorch_quantizer.methods.adaround import DataShare
-
-    counts = processes.sum(torch.zeros(processes.world_size, dtype=torch.int64).index_fill_(
-        0, torch.tensor([processes.rank]), len(batch_sizes)))
-    sizes = torch.zeros(int(counts.sum()), dtype=torch.int64)
-    mine = torch.arange(len(batch_sizes)) * processes.world_size + processes.rank
-    sizes[mine] = torch.tensor(batch_sizes, dtype=torch.int64)
-    sizes = processes.sum(sizes)
-    starts = torch.cumsum(sizes, 0) - sizes
-    positions = torch.cat([torch.arange(int(starts[index]), int(starts[index] + size))
-                           for index, size in zip(mine.tolist(), batch_sizes)])
-    return DataShare(positions, int(sizes.sum()), processes.sum, processes.rank == 0)
 
 
 def check_step_sizes(quantized: QuantizedModel, scales: dict[str, torch.Tensor], methods: Methods) -> None:
