@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 KERNELS_DIR = Path(__file__).resolve().parent
 CSRC = KERNELS_DIR / "csrc"
 BUILD_ROOT = KERNELS_DIR / "build"
-HEADERS = ("quant_math.h", "ops_common.h")
+HEADERS = ("quant_math.h", "ops_common.h", "soft_rounding.h")
 DEFAULT_CUDA_ARCH = "9.0"  # H100 / H200, used when no GPU is visible to ask for its capability
 
 
@@ -68,9 +68,9 @@ class Extension:
         return digest.hexdigest()
 
 
-CPU = Extension("ptq_kernels_cpu", "cpu", ("quant_ops.cpp", "select_ops.cpp"),
+CPU = Extension("ptq_kernels_cpu", "cpu", ("quant_ops.cpp", "select_ops.cpp", "soft_round_ops.cpp"),
                 cflags=("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"), ldflags=("-fopenmp",))
-CUDA = Extension("ptq_kernels_cuda", "cuda", ("quant_ops_cuda.cu", "select_ops_cuda.cu"),
+CUDA = Extension("ptq_kernels_cuda", "cuda", ("quant_ops_cuda.cu", "select_ops_cuda.cu", "soft_round_cuda.cu"),
                  cflags=("-O3", "-ffp-contract=off"), cuda_cflags=("-O3", "--fmad=false"))
 
 

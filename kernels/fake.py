@@ -66,6 +66,18 @@ def qdrop_select(x, q, p, seed):
     return torch.empty_like(x)
 
 
+def soft_round(w, v, scale, zero_point, qmax, axis, beta):
+    """The soft-rounded weight (w's shape and strides, as empty_like keeps them for a dense w) and a float32 0-d penalty."""
+    _check(w, axis)
+    torch._check(v.shape == w.shape, lambda: f"soft_round: v has shape {tuple(v.shape)} but w has {tuple(w.shape)}")
+    return torch.empty_like(w), w.new_empty(())
+
+
+def soft_round_backward(grad_y, grad_penalty, w, v, scale, zero_point, qmax, axis, beta):
+    _check(w, axis)
+    return torch.empty_like(w)
+
+
 @functools.cache
 def register() -> None:
     """Register the fake kernels (once per process)."""
@@ -76,3 +88,5 @@ def register() -> None:
     torch.library.register_fake("ptq_kernels::channel_mean_abs_dev")(channel_mean_abs_dev)
     torch.library.register_fake("ptq_kernels::code_histogram")(code_histogram)
     torch.library.register_fake("ptq_kernels::qdrop_select")(qdrop_select)
+    torch.library.register_fake("ptq_kernels::soft_round")(soft_round)
+    torch.library.register_fake("ptq_kernels::soft_round_backward")(soft_round_backward)

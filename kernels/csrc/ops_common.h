@@ -87,6 +87,41 @@ inline SelectPair checked_select_pair(const at::Tensor& x, const at::Tensor& q, 
 
 inline at::Tensor dense(const at::Tensor& x) { return x.is_non_overlapping_and_dense() ? x : x.contiguous(); }
 
+// t as a tensor of like's shape and dtype laid out as like is (a copy where it is not).
+inline at::Tensor laid_out_like(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == like.sizes(), op, ": ", name, " has shape ", t.sizes(), " but w has ", like.sizes());
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but w is on ", like.device());
+  return t.strides() == like.strides() ? t : at::empty_like(like).copy_(t);
+}
+
+// soft_round's operands: the weight dense, the logits laid out like it, the grid's parameters
+// (one per channel of axis, or one) contiguous.
+struct SoftRoundOperands {
+  at::Tensor weight, logits, scale, zero_point, qmax;
+};
+
+inline SoftRoundOperands checked_soft_round_operands(const char* op, const at::Tensor& w, const at::Tensor& v,
+                                                     const at::Tensor& scale, const at::Tensor& zero_point,
+                                                     const at::Tensor& qmax, int64_t axis) {
+  check_input(w, axis, op);
+  const at::Tensor weight = dense(w);
+  SoftRoundOperands operands{weight, laid_out_like(v, weight, op, "v"), scale.contiguous(), zero_point.contiguous(),
+                             qmax.contiguous()};
+  check_float_vector(operands.scale, "scale", w, axis, op);
+  check_float_vector(operands.zero_point, "zero_point", w, axis, op);
+  check_float_vector(operands.qmax, "qmax", w, axis, op);
+  return operands;
+}
+
+// A 0-d (or one-element) float32 tensor on w's device.
+inline at::Tensor checked_scalar(const at::Tensor& t, const at::Tensor& w, const char* op, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.numel() == 1, op, ": ", name,
+              " must be a float32 tensor of one element, got ", t.scalar_type(), " with ", t.numel());
+  TORCH_CHECK(t.device() == w.device(), op, ": ", name, " is on ", t.device(), " but w is on ", w.device());
+  return t.reshape({}).contiguous();
+}
+
 // channel_mean_abs_dev's inputs: float32 x (not empty) and one floating-point mean per channel.
 inline void check_mean_abs_dev_inputs(const at::Tensor& x, const at::Tensor& mean, int64_t axis) {
   check_input(x, axis, "channel_mean_abs_dev");

@@ -24,18 +24,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pytorch_quantizer.maths.soft_rounding import GAMMA, ZETA, rectified_sigmoid
 from pytorch_quantizer.maths.weight_grid import Grid, nearest_rounding, rounded_weight
+from pytorch_quantizer.quantizers import backend
 
-ZETA, GAMMA = 1.1, -0.1
 WARMUP = 0.2
 BETA_START, BETA_END = 20.0, 2.0
 REGULARISATION = 0.01
 LEARNING_RATE = 1e-2
 STEP_SIZE_LEARNING_RATE = 4e-5   # BRECQ's and QDrop's Adam rate for activation step sizes
-
-
-def rectified_sigmoid(logits: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
 
 def initial_logits(weight: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -45,11 +42,6 @@ def initial_logits(weight: torch.Tensor, grid: Grid) -> torch.Tensor:
     rest = scaled - torch.floor(scaled)
     probability = torch.clamp((rest - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
     return torch.log(probability / (1 - probability))
-
-
-def rounding_regulariser(soft: torch.Tensor, beta: float) -> torch.Tensor:
-    """sum (1 - |2h - 1|^beta): zero exactly when every h is 0 or 1."""
-    return (1 - (2 * soft - 1).abs().pow(beta)).sum()
 
 
 def beta_at(step: int, steps: int) -> float | None:
@@ -80,8 +72,9 @@ def layer_output(module: nn.Module, weight: torch.Tensor, inputs: torch.Tensor) 
 
 
 def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """||f~ - f||^2 summed over the channels (dim 1), averaged over samples and positions."""
-    return (output - target).square().sum(dim=1).mean()
+    """||f~ - f||^2 summed over the channels (dim 1), averaged over samples and positions (one fused
+    pass forward and one backward: ``mse_loss``'s sum over the elements, over samples x positions)."""
+    return nn.functional.mse_loss(output, target, reduction="sum") * (output.shape[1] / output.numel())
 
 
 @dataclass(frozen=True)
@@ -121,7 +114,7 @@ def output_error(output: Callable, weights: dict[str, torch.Tensor], inputs: tor
 def sample_loss_sum(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The summed loss of the samples of a batch, in the units of ``reconstruction_loss`` times the
     batch's positions: sum over samples and positions of the channel-summed squared error."""
-    return (output - target).square().sum(dim=1).sum()
+    return nn.functional.mse_loss(output, target, reduction="sum")
 
 
 def learning_layout(tensor: torch.Tensor) -> torch.Tensor:
@@ -158,25 +151,30 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
     local_of = share.local_of() if share is not None else None
     positions = targets[0].numel() // targets.shape[1]
 
-    def rounded(roundings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        values = {name: rounded_weight(weight, grids[name], roundings[name]) for name, weight in weights.items()}
+    def corrected(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return values if correction is None else {name: correction(weights[name], value)
                                                   for name, value in values.items()}
+
+    def rounded(roundings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return corrected({name: rounded_weight(weight, grids[name], roundings[name]) for name, weight in weights.items()})
 
     losses = []
     with learning_mode():
         for step in range(iterations):
             chosen = torch.randint(total, (min(batch, total),), generator=generator)
-            soft = {name: rectified_sigmoid(value) for name, value in logits.items()}
+            beta = beta_at(step, iterations)
+            penalised = beta is not None and (share is None or share.adds_regulariser)
+            soft = {name: backend.soft_round(weight, logits[name], grids[name], beta if penalised else 0.0)
+                    for name, weight in weights.items()}
+            values = corrected({name: value for name, (value, _) in soft.items()})
             if local_of is None:
-                loss = reconstruction_loss(output(rounded(soft), inputs[chosen]), targets[chosen])
+                loss = reconstruction_loss(output(values, inputs[chosen]), targets[chosen])
             else:   # this process's part of the step's loss: the mean is over the images of every process
                 mine = local_of[chosen][local_of[chosen] >= 0]
-                loss = (sample_loss_sum(output(rounded(soft), inputs[mine]), targets[mine]) / (len(chosen) * positions)
-                        if len(mine) else sum(value.sum() for value in soft.values()) * 0.0)
-            beta = beta_at(step, iterations)
-            if beta is not None and (share is None or share.adds_regulariser):
-                loss = loss + regularisation * sum(rounding_regulariser(value, beta) for value in soft.values())
+                loss = (sample_loss_sum(output(values, inputs[mine]), targets[mine]) / (len(chosen) * positions)
+                        if len(mine) else sum(value.sum() for value in values.values()) * 0.0)
+            if penalised:
+                loss = loss + regularisation * sum(penalty for _, penalty in soft.values())
             for optimiser in optimisers:
                 optimiser.zero_grad()
             loss.backward()
