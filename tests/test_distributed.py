@@ -37,9 +37,9 @@ def checksum(path):
     return torch.load(path, weights_only=True)["checksum"]
 
 
-def test_torchrun_two_processes_equal_one_process(tmp_path):
-    common = ["-a", "fmnist_resnet20", "-ss", "512", "-b", "64", "-p", "0", "-pcq_w", "-pcq_a", "--qtype", "int4",
-              "-qw", "int4", "-c", "laplace", "-baa", "-baw", "-bcw", "-sm", "collect", "-cs", "256", "-me"]
+def single_and_torchrun(common: list[str], tmp_path) -> dict[str, str]:
+    """Run the CLI with ``common`` in one process and under torchrun with two (statistics in
+    ``tmp_path/<name>``, results in ``tmp_path/<name>.json``); each run's stdout."""
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     outputs = {}
     for name, launcher in (("single", [sys.executable]),
@@ -50,6 +50,13 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
                                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         outputs[name] = result.stdout
+    return outputs
+
+
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    common = ["-a", "fmnist_resnet20", "-ss", "512", "-b", "64", "-p", "0", "-pcq_w", "-pcq_a", "--qtype", "int4",
+              "-qw", "int4", "-c", "laplace", "-baa", "-baw", "-bcw", "-sm", "collect", "-cs", "256", "-me"]
+    outputs = single_and_torchrun(common, tmp_path)
     single, parallel = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("single", "torchrun"))
     assert (parallel["processes"], single["processes"]) == (2, 1)
     assert (parallel["top1"], parallel["top5"], parallel["images"]) == (single["top1"], single["top5"], single["images"])
@@ -60,7 +67,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         file = f"fmnist_resnet20.{granularity}.output.stats.pt"
         assert checksum(tmp_path / "torchrun" / file) == checksum(tmp_path / "single" / file)
     assert outputs["torchrun"].count(" * Prec@1") == 1
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
     runs = mlflow.search_runs(experiment_names=["torchrun"])
     assert len(runs) == 1 and runs.loc[0, "metrics.processes"] == 2
     assert runs.loc[0, "metrics.top1"] == single["top1"]
@@ -94,14 +101,7 @@ def test_torchrun_learns_the_rounding_of_one_process_with_the_same_global_batch(
     common = ["-a", "fmnist_resnet20", "-ss", "400", "-b", "40", "-p", "0", "--qtype", "int8", "-qw", "int4",
               "-pcq_w", "-sm", "collect", "-cs", "128", "--reconstruct", "block", "--recon-iters", "60",
               "--recon-batch", "32"]
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    for name, launcher in (("single", [sys.executable]),
-                           ("torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                         "--nproc_per_node=2"])):
-        result = subprocess.run([*launcher, "inference/inference_sim.py", *common, "-sf", str(tmp_path / name),
-                                 "--results-json", str(tmp_path / f"{name}.json"), "--mlflow-uri", uri, "-mlexp", name],
-                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-2000:]
+    single_and_torchrun(common, tmp_path)
     single, parallel = learned_rounding(tmp_path / "single"), learned_rounding(tmp_path / "torchrun")
     same = sum(int((single[name] == parallel[name]).sum()) for name in single)
     total = sum(value.numel() for value in single.values())
