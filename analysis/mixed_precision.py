@@ -24,7 +24,7 @@ from pathlib import Path
 
 from analysis.report import (EMPTY_RESULT, RowFailed, data_flags, figures, finished_or_run, plan_models, result_path,
                              resume_message, row_argv)
-from analysis.runs import DEVELOPMENT_PHOTOS, output_folder
+from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script
 
 MODELS = ("efficientnet_lite0", "fmnist_mobilenet")
 RECIPE = "--qtype int8 -qw int{bits} -pcq_w -bcw"
@@ -179,19 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=None,
                         help="default: both (with --quick: fmnist_mobilenet)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: results/mixed_precision; with --quick results/quick/mixed_precision)")
-    parser.add_argument("--experiment", default="mixed-precision", help="mlflow experiment of the rows")
-    parser.add_argument("--mlflow-uri", default=None, help="mlflow store (default: the CLI's)")
-    parser.add_argument("--quick", action="store_true", help="fmnist_mobilenet: FP32, uniform 4-bit and its mixed row "
-                                                              "on 200 test images")
-    parser.add_argument("--finished-only", action="store_true", help="tables of the rows already run only")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    args.out, problem = output_folder(args.out, "mixed_precision", args.quick)
-    if problem is not None:
-        parser.error(problem)
-    command = " ".join(["python analysis/mixed_precision.py", *(arg for arg in argv if arg != "--finished-only")])
+    args, command = parse_row_script(parser, "mixed_precision", "mixed-precision",
+                                     "fmnist_mobilenet: FP32, uniform 4-bit and its mixed row on 200 test images", argv)
     models, notes = plan_models(args.models or (["fmnist_mobilenet"] if args.quick else list(MODELS)),
                                 DEVELOPMENT_PHOTOS.is_dir())
     for note in notes:

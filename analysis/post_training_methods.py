@@ -28,12 +28,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 
 from analysis.report import (EMPTY_RESULT, FMNIST_MODELS, IMAGENET_MODELS, RowFailed, data_flags, figures,
                     finished_or_run, plan_models, result_path, resume_message, row_argv)
-from analysis.runs import DEVELOPMENT_PHOTOS, output_folder
+from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script
 
 PRECISIONS = {"W4A8": "--qtype int8 -qw int4 -pcq_w -bcw",
               "W4A4": "--qtype int4 -c laplace -qw int4 -pcq_w -bcw"}
@@ -118,19 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=(*FMNIST_MODELS, *IMAGENET_MODELS), default=None,
                         help="default: all five (with --quick: fmnist_mobilenet)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: results/post_training_methods; with --quick results/quick/post_training_methods)")
-    parser.add_argument("--experiment", default="post-training-methods", help="mlflow experiment of the rows")
-    parser.add_argument("--mlflow-uri", default=None, help="mlflow store (default: the CLI's)")
-    parser.add_argument("--quick", action="store_true",
-                        help="three W4A4 rows on 200 test images, 10 steps on 64 training images")
-    parser.add_argument("--finished-only", action="store_true", help="tables of the rows already run only")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    args.out, problem = output_folder(args.out, "post_training_methods", args.quick)
-    if problem is not None:
-        parser.error(problem)
-    command = " ".join(["python analysis/post_training_methods.py", *(arg for arg in argv if arg != "--finished-only")])
+    args, command = parse_row_script(parser, "post_training_methods", "post-training-methods",
+                                     "three W4A4 rows on 200 test images, 10 steps on 64 training images", argv)
     development_photos = DEVELOPMENT_PHOTOS.is_dir()
     models, notes = plan_models(args.models or (["fmnist_mobilenet"] if args.quick
                                                 else [*FMNIST_MODELS, *IMAGENET_MODELS]), development_photos)

@@ -3,6 +3,8 @@ per run (top-1 / top-5, agreement and KL against FP32 when --compare-fp32 is amo
 average entropy with -me)."""
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,3 +72,22 @@ def output_folder(requested: Path | None, name: str, quick: bool) -> tuple[Path,
         return requested, (f"--out {requested} holds committed full results, which a --quick run would overwrite: "
                            "drop --out (quick runs write to results/quick/) or choose another folder")
     return requested, None
+
+
+def parse_row_script(parser: argparse.ArgumentParser, script: str, experiment: str, quick_help: str,
+                     argv: list[str] | None) -> tuple[argparse.Namespace, str]:
+    """The flags and set-up every resumable table script shares (``--out``, ``--experiment``,
+    ``--mlflow-uri``, ``--quick``, ``--finished-only``), added after the script's own: (the parsed
+    arguments with ``out`` resolved by ``output_folder``, the command that reproduces the tables)."""
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default: results/{script}; with --quick results/quick/{script})")
+    parser.add_argument("--experiment", default=experiment, help="mlflow experiment of the rows")
+    parser.add_argument("--mlflow-uri", default=None, help="mlflow store (default: the CLI's)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--finished-only", action="store_true", help="tables of the rows already run only")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.out, problem = output_folder(args.out, script, args.quick)
+    if problem is not None:
+        parser.error(problem)
+    return args, " ".join([f"python analysis/{script}.py", *(arg for arg in argv if arg != "--finished-only")])

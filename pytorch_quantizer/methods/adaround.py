@@ -72,9 +72,9 @@ def layer_output(module: nn.Module, weight: torch.Tensor, inputs: torch.Tensor) 
 
 
 def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """||f~ - f||^2 summed over the channels (dim 1), averaged over samples and positions (one fused
-    pass forward and one backward: ``mse_loss``'s sum over the elements, over samples x positions)."""
-    return nn.functional.mse_loss(output, target, reduction="sum") * (output.shape[1] / output.numel())
+    """||f~ - f||^2 summed over the channels (dim 1), averaged over samples and positions: the
+    ``sample_loss_sum`` over samples x positions."""
+    return sample_loss_sum(output, target) * (output.shape[1] / output.numel())
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,8 @@ def output_error(output: Callable, weights: dict[str, torch.Tensor], inputs: tor
 
 def sample_loss_sum(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The summed loss of the samples of a batch, in the units of ``reconstruction_loss`` times the
-    batch's positions: sum over samples and positions of the channel-summed squared error."""
+    batch's positions: sum over samples and positions of the channel-summed squared error (one fused
+    pass forward and one backward)."""
     return nn.functional.mse_loss(output, target, reduction="sum")
 
 
