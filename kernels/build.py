@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 KERNELS_DIR = Path(__file__).resolve().parent
 CSRC = KERNELS_DIR / "csrc"
 BUILD_ROOT = KERNELS_DIR / "build"
-HEADERS = ("quant_math.h", "ops_common.h", "soft_rounding.h")
+HEADERS = ("quant_math.h", "ops_common.h", "soft_rounding.h", "cuda_launch.h")
 DEFAULT_CUDA_ARCH = "9.0"  # H100 / H200, used when no GPU is visible to ask for its capability
 
 

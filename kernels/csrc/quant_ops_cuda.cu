@@ -12,25 +12,16 @@
 #include <tuple>
 #include <type_traits>
 
+#include "cuda_launch.h"
 #include "ops_common.h"
 
 namespace ptq {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int64_t kRowMaxInner = 32;              // channel runs shorter than a warp are reduced row by row ...
 constexpr int kRowSlots = 4;                      // ... when a row fits in kRowSlots positions per thread
 constexpr int64_t kRowMaxLength = kThreads * kRowSlots;
 constexpr int64_t kSharedHistogramSlots = 4096;   // per-block histograms in shared memory up to this size
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Blocks that fill the device once (resident blocks per SM times SMs), capped by the work.
-int64_t grid_for(int64_t threads_of_work) {
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  const int64_t fill = int64_t{prop->multiProcessorCount} * std::max(1, prop->maxThreadsPerMultiProcessor / kThreads);
-  return std::clamp<int64_t>(ceil_div(threads_of_work, kThreads), 1, fill);
-}
 
 template <class Op>
 __global__ void prepare_kernel(const float* p0, const float* p1, const float* p2, Params* out, int64_t n) {

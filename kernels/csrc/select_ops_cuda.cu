@@ -6,14 +6,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <algorithm>
-
+#include "cuda_launch.h"
 #include "ops_common.h"
 
 namespace ptq {
 namespace {
-
-constexpr int kThreads = 256;
 
 __global__ void select_kernel(const float* __restrict__ x, const float* __restrict__ q, float* __restrict__ y,
                               int64_t n, float p, RngKey key) {
@@ -30,9 +27,7 @@ at::Tensor qdrop_select(const at::Tensor& x, const at::Tensor& q, double p, int6
   const SelectPair pair = checked_select_pair(x, q, p);
   const int64_t n = pair.out.numel();
   if (n == 0) return pair.out;
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  const int64_t fill = int64_t{prop->multiProcessorCount} * std::max(1, prop->maxThreadsPerMultiProcessor / kThreads);
-  const auto grid = static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, fill));
+  const auto grid = static_cast<unsigned>(grid_for(n));
   select_kernel<<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       pair.src.data_ptr<float>(), pair.values.data_ptr<float>(), pair.out.data_ptr<float>(), n,
       static_cast<float>(p), rng_key(seed));

@@ -8,22 +8,14 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <tuple>
 
+#include "cuda_launch.h"
 #include "ops_common.h"
 #include "soft_rounding.h"
 
 namespace ptq {
 namespace {
-
-constexpr int kThreads = 256;
-
-unsigned blocks_for(int64_t n) {
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  const int64_t fill = int64_t{prop->multiProcessorCount} * std::max(1, prop->maxThreadsPerMultiProcessor / kThreads);
-  return static_cast<unsigned>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, fill));
-}
 
 __device__ __forceinline__ Params grid_params(const float* scale, const float* zero_point, const float* qmax,
                                               int64_t i, int64_t inner, int64_t channels) {
@@ -75,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> soft_round(const at::Tensor& w, const at::Ten
   at::Tensor out = at::empty_like(o.weight);
   at::Tensor penalty = at::zeros({}, o.weight.options().dtype(at::kDouble));
   if (lay.numel() > 0) {
-    soft_round_kernel<<<blocks_for(lay.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    soft_round_kernel<<<static_cast<unsigned>(grid_for(lay.numel())), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         o.weight.data_ptr<float>(), o.logits.data_ptr<float>(), out.data_ptr<float>(), penalty.data_ptr<double>(),
         o.scale.data_ptr<float>(), o.zero_point.data_ptr<float>(), o.qmax.data_ptr<float>(), lay.numel(), lay.inner,
         lay.channels, static_cast<float>(beta), beta > 0.0);
@@ -95,7 +87,7 @@ at::Tensor soft_round_backward(const at::Tensor& grad_y, const at::Tensor& grad_
   const Layout lay = layout_of(o.weight, axis);
   at::Tensor out = at::empty_like(o.weight);
   if (lay.numel() > 0) {
-    soft_round_backward_kernel<<<blocks_for(lay.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    soft_round_backward_kernel<<<static_cast<unsigned>(grid_for(lay.numel())), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         grad.data_ptr<float>(), penalty.data_ptr<float>(), o.weight.data_ptr<float>(), o.logits.data_ptr<float>(),
         out.data_ptr<float>(), o.scale.data_ptr<float>(), o.zero_point.data_ptr<float>(), o.qmax.data_ptr<float>(),
         lay.numel(), lay.inner, lay.channels, static_cast<float>(beta), beta > 0.0);
