@@ -254,3 +254,46 @@ def test_a_layers_input_taken_through_its_block_is_the_one_the_whole_model_gives
                 with quantized.measures_paused():
                     assert torch.equal(inputs_within_block(block, relative, quantized_inputs, 8),
                                        layer_inputs(quantized.model, name, images, 8))
+
+
+class BareConvNet(nn.Module):
+    """A conv outside any container (a block of its own) followed by a ReLU6, then a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.act = nn.ReLU6()
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+def test_a_bare_layer_is_reconstructed_after_the_activation_fused_into_its_output():
+    """The block of a bare conv ends before its ReLU6; its quantized output is clamped by the fused
+    output quantization, so the learner must compare both sides after the ReLU6: the error it
+    reports is the one of the activation's output in the model, and the learning lowers it."""
+    from pytorch_quantizer.methods.reconstruction import RoundingOptions, learn_block_rounding
+    from pytorch_quantizer.model.calibration import collect_statistics, reduced
+    from pytorch_quantizer.model.quantized_model import QuantizedModel
+    from pytorch_quantizer.quantizers.config import QuantConfig, TensorQuantSpec
+
+    torch.manual_seed(0)
+    model = BareConvNet().eval()
+    with torch.no_grad():
+        model.conv.bias.fill_(-0.5)   # about half of the pre-activations negative
+    images = torch.randn(64, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    config = QuantConfig(activations=TensorQuantSpec(bits=8), weights=TensorQuantSpec(bits=3, per_channel=True))
+    captured = []
+    with QuantizedModel(model, config, images[:2]) as quantized:
+        quantized.use_statistics(reduced(collect_statistics(quantized, [images], torch.device("cpu")), "mean",
+                                         quantized.kept_layers()))
+        result = learn_block_rounding(quantized, images, RoundingOptions(200, 16))["conv"]
+        handle = quantized.model.act.register_forward_hook(lambda _module, _args, output: captured.append(output))
+        with torch.no_grad():
+            quantized.model(images)
+            with quantized.float_model() as float_model:
+                float_model(images)
+        handle.remove()
+    assert result.learned_error == pytest.approx(float((captured[0] - captured[1]).square().mean()), rel=1e-4)
+    assert result.learned_error < result.nearest_error

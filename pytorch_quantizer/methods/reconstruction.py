@@ -248,6 +248,18 @@ def initial_step_sizes(quantized, block_name: str) -> dict[str, torch.Tensor]:
     return scales
 
 
+def activation_after(quantized, block_name: str, names: list[str]):
+    """What the block's output goes through before anything else reads it, as f(output): the ReLU /
+    ReLU6 (or equalization's clamp) fused after a block that is a bare layer, identity otherwise.
+    Both sides of the reconstruction pass through it, as AdaRound's objective takes the activation in
+    (Nagel et al. 2020, eq. 25): the bare layer's quantized output already lies in the activation's
+    range (the fused output quantization clamps it), and fitting that to the unclamped float output
+    would spend the learning on the negative pre-activations the activation discards."""
+    if names != [block_name] or quantized.plans[block_name].fused_activation is None:
+        return lambda output: output
+    return lambda output: quantized.fused.apply(block_name, output)
+
+
 def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None,
                          reuse_chained: bool = True, share: adaround.DataShare | None = None
                          ) -> dict[str, adaround.RoundingResult]:
@@ -264,15 +276,18 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
         names = blocks[block_name]
         float_inputs, inputs = block_inputs.of(block_name)
         with quantized.float_model():
-            targets = _batched(block, float_inputs, options.batch)
-        block_inputs.float_output_is(targets)
-        del float_inputs
+            float_outputs = _batched(block, float_inputs, options.batch)
+        block_inputs.float_output_is(float_outputs)
+        finish = activation_after(quantized, block_name, names)
+        targets = finish(float_outputs)
+        del float_inputs, float_outputs
         weights = {name: quantized.float_params[name][0] for name in names}
         grids = {name: weight_grid(quantized, name) for name in names}
 
-        def block_output(rounded: dict[str, torch.Tensor], batch_inputs: torch.Tensor, block=block, block_name=block_name):
+        def block_output(rounded: dict[str, torch.Tensor], batch_inputs: torch.Tensor, block=block,
+                         block_name=block_name, finish=finish):
             parameters = {f"{_relative(block_name, name)}.weight".lstrip("."): weight for name, weight in rounded.items()}
-            return torch.func.functional_call(block, parameters, (batch_inputs,))
+            return finish(torch.func.functional_call(block, parameters, (batch_inputs,)))
 
         scales = initial_step_sizes(quantized, block_name) if options.step_sizes else {}
         quantized.learning.scales = scales
