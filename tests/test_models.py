@@ -105,3 +105,21 @@ def test_bad_weight_files_are_refused(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(QuantizationError, match=message):
         create_model("resnet18", weights=path)
+
+
+def test_efficientnet_lite_pads_symmetric_same_padding_inside_its_convolutions_with_the_same_outputs():
+    from efficientnet_lite_pytorch import EfficientNet
+    from torch import nn
+
+    from inference.models import build_efficientnet_lite
+
+    torch.manual_seed(0)
+    padded = EfficientNet.from_name("efficientnet-lite0").eval()
+    model = build_efficientnet_lite("efficientnet_lite0").eval()
+    model.load_state_dict(padded.state_dict())
+    pads = [module.static_padding for module in model.modules() if hasattr(module, "static_padding")]
+    remaining = [pad.padding for pad in pads if isinstance(pad, nn.ZeroPad2d)]
+    assert len(remaining) == 5 and all(left != right for left, right, _, _ in remaining)   # the stride-2 convs
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model(images), padded(images))
