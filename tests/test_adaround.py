@@ -194,15 +194,15 @@ def test_reconstruction_refusals_exit_2_with_one_line(run_cli, argv, message):
     assert len(err.strip().splitlines()) == 1
 
 
-def a4w4_mobilenet(point: str, images: torch.Tensor):
-    """fmnist_mobilenet with 4-bit per-tensor activations at ``point`` and 4-bit per-channel weights."""
+def a4w4_mobilenet(point: str, images: torch.Tensor, arch: str = "fmnist_mobilenet"):
+    """``arch`` (fmnist_mobilenet) with 4-bit per-tensor activations at ``point`` and 4-bit per-channel weights."""
     from inference import models
     from pytorch_quantizer.quantizers.config import ActQuantPoint, QuantConfig, TensorQuantSpec
     from pytorch_quantizer.model.quantized_model import QuantizedModel
 
     config = QuantConfig(activations=TensorQuantSpec(bits=4), weights=TensorQuantSpec(bits=4, per_channel=True),
                          act_quant_point=ActQuantPoint(point))
-    return QuantizedModel(models.create_model("fmnist_mobilenet").eval(), config, images[:2])
+    return QuantizedModel(models.create_model(arch).eval(), config, images[:2])
 
 
 def assert_same_rounding_with_and_without_chaining(learner, point: str, options) -> None:
@@ -235,12 +235,15 @@ def test_adaround_takes_a_layers_inputs_from_its_block_with_the_same_rounding(po
     assert_same_rounding_with_and_without_chaining(learn_model_rounding, point, RoundingOptions(3, 8, 0))
 
 
-@pytest.mark.parametrize("point", ["output", "input"])
-def test_a_layers_input_taken_through_its_block_is_the_one_the_whole_model_gives(point):
+@pytest.mark.parametrize("point, arch", [("output", "fmnist_mobilenet"), ("input", "fmnist_mobilenet"),
+                                         ("output", "fmnist_resnet20")])
+def test_a_layers_input_taken_through_its_block_is_the_one_the_whole_model_gives(point, arch):
+    """fmnist_resnet20's bare conv1 is followed by an in-place ReLU: its block's output tensor is the
+    next block's input with other values, which must not count as chained."""
     from pytorch_quantizer.methods.reconstruction import BlockInputs, blocks_in_order, inputs_within_block, layer_inputs
 
     images = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    with a4w4_mobilenet(point, images) as quantized:
+    with a4w4_mobilenet(point, images, arch) as quantized:
         blocks, order = blocks_in_order(quantized, images)
         block_inputs = BlockInputs(quantized, images, order, 8, reuse_chained=True)
         for block_name in order:

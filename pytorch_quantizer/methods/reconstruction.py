@@ -89,18 +89,21 @@ def _stopping_at(module: nn.Module, store: list[torch.Tensor]):
 
 def chained_blocks(model: nn.Module, images: torch.Tensor, names: list[str]) -> set[str]:
     """The blocks among ``names`` whose input, on one image, is the very tensor the block run just
-    before them returned."""
+    before them returned, unmodified: an in-place activation between them (a bare conv, then
+    ``ReLU(inplace=True)``, then a block) returns the same tensor with other values, and its
+    version counter tells."""
     chained: set[str] = set()
-    last_output: list[torch.Tensor | None] = [None]
+    last_output: list[tuple[torch.Tensor, int] | None] = [None]
 
     def before(name):
         def hook(_module, args):
-            if args and last_output[0] is not None and args[0] is last_output[0]:
+            if args and last_output[0] is not None and args[0] is last_output[0][0] \
+                    and args[0]._version == last_output[0][1]:
                 chained.add(name)
         return hook
 
     def after(_module, _args, output):
-        last_output[0] = output
+        last_output[0] = (output, output._version) if isinstance(output, torch.Tensor) else None
 
     modules = [model.get_submodule(name) for name in names]
     handles = [module.register_forward_pre_hook(before(name)) for name, module in zip(names, modules)]
