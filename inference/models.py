@@ -155,8 +155,8 @@ def build_efficientnet_lite(name: str):
 def padding_in_convolutions(model):
     """TensorFlow's 'SAME' padding where it is symmetric (the stride-1 depthwise convs) done by the
     convolution itself instead of a ``ZeroPad2d`` before it: the same values bit for bit, without
-    the padded copy of the feature map (a fill and a copy forward, a copy backward) that cost about a
-    fifth of a block-reconstruction step on Lite0's early blocks. Asymmetric padding (stride 2) stays."""
+    the padded copy of the feature map (a fill and a copy forward, a copy backward), about a sixth of
+    a block-reconstruction step on Lite0's early blocks. Asymmetric padding (stride 2) stays."""
     from torch import nn
 
     for module in model.modules():
