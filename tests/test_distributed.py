@@ -37,10 +37,15 @@ def checksum(path):
     return torch.load(path, weights_only=True)["checksum"]
 
 
+def store_uri(tmp_path) -> str:
+    """The mlflow store both runs of ``single_and_torchrun`` log to."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
 def single_and_torchrun(common: list[str], tmp_path) -> dict[str, str]:
     """Run the CLI with ``common`` in one process and under torchrun with two (statistics in
     ``tmp_path/<name>``, results in ``tmp_path/<name>.json``); each run's stdout."""
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = store_uri(tmp_path)
     outputs = {}
     for name, launcher in (("single", [sys.executable]),
                            ("torchrun", [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -67,7 +72,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
         file = f"fmnist_resnet20.{granularity}.output.stats.pt"
         assert checksum(tmp_path / "torchrun" / file) == checksum(tmp_path / "single" / file)
     assert outputs["torchrun"].count(" * Prec@1") == 1
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
+    mlflow.set_tracking_uri(store_uri(tmp_path))
     runs = mlflow.search_runs(experiment_names=["torchrun"])
     assert len(runs) == 1 and runs.loc[0, "metrics.processes"] == 2
     assert runs.loc[0, "metrics.top1"] == single["top1"]

@@ -258,7 +258,7 @@ def activation_after(quantized, block_name: str, names: list[str]):
     (Nagel et al. 2020, eq. 25): the bare layer's quantized output already lies in the activation's
     range (the fused output quantization clamps it), and fitting that to the unclamped float output
     would spend the learning on the negative pre-activations the activation discards."""
-    if names != [block_name] or quantized.plans[block_name].fused_activation is None:
+    if names != [block_name] or quantized.fused.kind(block_name) is None:
         return lambda output: output
     return lambda output: quantized.fused.apply(block_name, output)
 
