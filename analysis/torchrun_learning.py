@@ -4,18 +4,21 @@ weights whose hard rounding is the same, top-1 of each, and the seconds spent le
     python analysis/torchrun_learning.py                 # EfficientNet-Lite0, W4A8 block, 200 steps (about 15 min)
     python analysis/torchrun_learning.py --quick         # fmnist_resnet20, 40 steps (a minute)
 
-Both runs use the same flags: block reconstruction at W4A8 (``--qtype int8 -qw int4 -pcq_w -bcw``,
+Three runs with the same flags: block reconstruction at W4A8 (``--qtype int8 -qw int4 -pcq_w -bcw``,
 statistics collected on the calibration images), ``--recon-iters`` steps of 32 images. Under
-``torchrun --nproc_per_node N`` each process holds 1/N of the calibration images, every step's batch
-is drawn over all of them as in one process, and the gradients are summed; without QDrop the only
-difference from one process is the order of floating-point sums. torchrun gives each process one
-thread (its default), the single process keeps torch's default (every core). Writes
-``<out>/<model>.json`` and ``<out>/<model>.md``.
+``torchrun --nproc_per_node N`` each process holds 1/N of the calibration images and computes the
+gradient of its group of them (``methods.grouped_steps``); every step's batch is drawn over all of
+them as in one process. The runs: one process as by default (one pass per step, torch's default
+threads), one process with ``--recon-groups N`` at one thread (torchrun gives each process one
+thread), and torchrun. The second computes the same sums in the same order as the third; the first
+differs from them in the order of floating-point sums only. Writes ``<out>/<model>.json`` and
+``<out>/<model>.md``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,12 +35,13 @@ def data_flags(arch: str) -> list[str]:
     return ["--data", str(DEVELOPMENT_PHOTOS), "--calib-holdout", "100", "-cs", "100", "-b", "64"]
 
 
-def run_once(name: str, launcher: list[str], argv: list[str], folder: Path, uri: str) -> dict:
-    """One CLI run (statistics and rounding in ``folder/name``); its results dict."""
+def run_once(name: str, launcher: list[str], argv: list[str], folder: Path, uri: str,
+             environment: dict[str, str]) -> dict:
+    """One CLI run (statistics and rounding in ``folder/name``) with ``environment`` added; its results."""
     results = folder / f"{name}.json"
     command = [*launcher, "inference/inference_sim.py", *argv, "-sf", str(folder / name), "--results-json",
                str(results), "--mlflow-uri", uri, "-mlexp", "torchrun-learning"]
-    finished = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    finished = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, **environment})
     if finished.returncode != 0:
         raise SystemExit(f"torchrun_learning.py: the {name} run failed:\n{finished.stderr[-3000:]}")
     return json.loads(results.read_text())
@@ -77,22 +81,27 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     common = ["-a", arch, "-p", "0", *data_flags(arch), *RECIPE, "--recon-iters", str(steps)]
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    launchers = {"one process": [sys.executable],
-                 f"torchrun, {args.nproc} processes": [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                       f"--nproc_per_node={args.nproc}"]}
-    results = {name: run_once(f"run{index}", launcher, common, folder, uri)
-               for index, (name, launcher) in enumerate(launchers.items())}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    runs = {"one process": ([sys.executable], [], {}),
+            f"one process, --recon-groups {args.nproc}, 1 thread": ([sys.executable], ["--recon-groups", str(args.nproc)],
+                                                                    {"OMP_NUM_THREADS": "1"}),
+            f"torchrun, {args.nproc} processes": (torchrun, [], {})}
+    results = {name: run_once(f"run{index}", launcher, [*common, *extra], folder, uri, environment)
+               for index, (name, (launcher, extra, environment)) in enumerate(runs.items())}
     rounding = next((folder / "run0").glob("*rounding.pt"))
-    share, weights = same_rounding(rounding, folder / "run1" / rounding.name)
+    shares = {name: same_rounding(folder / f"run{index}" / rounding.name, folder / "run2" / rounding.name)
+              for index, name in enumerate(list(runs)[:2])}
+    weights = next(iter(shares.values()))[1]
     summary = {"arch": arch, "steps": steps, "flags": " ".join(common), "torch": torch.__version__,
-               "same_rounding": share, "weights": weights,
+               "same_rounding_as_torchrun": {name: share for name, (share, _) in shares.items()}, "weights": weights,
                "runs": {name: {"top1": result["top1"], "processes": result.get("processes", 1),
                                "learn_seconds": result.get("rounding_seconds")}
                         for name, result in results.items()}}
-    rows = "\n".join(f"| {name} | {run['processes']} | {run['top1']:.2f} | {run['learn_seconds']:.0f} |"
-                     for name, run in summary["runs"].items())
-    text = (f"{arch}, `{' '.join(RECIPE)} --recon-iters {steps}`: the same hard rounding for "
-            f"{100 * share:.3f} % of {weights:,} weights.\n\n| run | processes | top-1 | learning s |\n|:--|--:|--:|--:|\n"
+    same = {name: f"{100 * share:.3f} %" for name, (share, _) in shares.items()}
+    rows = "\n".join(f"| {name} | {run['processes']} | {run['top1']:.2f} | {run['learn_seconds']:.0f} | "
+                     f"{same.get(name, '')} |" for name, run in summary["runs"].items())
+    text = (f"{arch}, `{' '.join(RECIPE)} --recon-iters {steps}`, {weights:,} weights.\n\n"
+            f"| run | processes | top-1 | learning s | same hard rounding as torchrun |\n|:--|--:|--:|--:|--:|\n"
             f"{rows}\n")
     write_atomically(folder.with_suffix(".json"), lambda path: Path(path).write_text(json.dumps(summary, indent=1)))
     write_atomically(folder.with_suffix(".md"), lambda path: Path(path).write_text(text))

@@ -153,6 +153,9 @@ def checked_before_work(args: argparse.Namespace, parser: argparse.ArgumentParse
     from inference.validation import validate_command_line
 
     validated = validate_command_line(args, parser)
+    if args.recon_groups is not None and args.recon_groups % process.world_size:
+        raise UserError(f"--recon-groups {args.recon_groups} is not a multiple of the {process.world_size} processes: "
+                        "each group's calibration batches must be on one process; use a multiple of the process count")
     if process.is_main:
         check_tracking_store(args.mlflow_uri)
     device = resolve_device(args.device, args.device_ids, process)

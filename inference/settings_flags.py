@@ -19,6 +19,7 @@ def methods_from_args(args: argparse.Namespace) -> Methods:
                    learn_step_sizes=args.learn_step_sizes,
                    rounding_steps=args.recon_iters or DEFAULT_ROUNDING_STEPS,
                    rounding_batch=args.recon_batch or DEFAULT_ROUNDING_BATCH,
+                   rounding_groups=args.recon_groups,
                    qat_epochs=args.qat_epochs, qat_lr=args.qat_lr or DEFAULT_QAT_LR)
 
 

@@ -37,6 +37,11 @@ def add_weight_method_flags(parser: argparse.ArgumentParser, positive_int) -> No
                             f"(default: {DEFAULT_RECON_ITERS})")
     group.add_argument("--recon-batch", type=positive_int, default=None, metavar="B",
                        help=f"calibration images per step of --adaround / --reconstruct (default: {DEFAULT_RECON_BATCH})")
+    group.add_argument("--recon-groups", type=positive_int, default=None, metavar="G",
+                       help="compute each step's gradient of --adaround / --reconstruct in G passes, one per group of "
+                            "calibration batches (batch k in group k mod G), summed in group order: under torchrun G "
+                            "must be a multiple of the process count, and one process with the same G learns the same "
+                            "rounding bit for bit (default: one pass, or one group per process under torchrun)")
 
 
 def probability(text: str) -> float:
@@ -62,7 +67,8 @@ def check_weight_method_flags(args: argparse.Namespace) -> None:
     if args.adaround and args.reconstruct:
         raise UserError("--adaround learns layer by layer and --reconstruct block block by block: choose one")
     learning = learning_flag(args)
-    for flag, value in (("--recon-iters", args.recon_iters), ("--recon-batch", args.recon_batch)):
+    for flag, value in (("--recon-iters", args.recon_iters), ("--recon-batch", args.recon_batch),
+                        ("--recon-groups", args.recon_groups)):
         if value is not None and learning is None:
             raise UserError(f"{flag} concerns learned rounding: add --adaround or --reconstruct block")
     if args.qdrop is not None and not args.reconstruct:

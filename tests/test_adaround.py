@@ -106,6 +106,8 @@ def test_saved_rounding_reloads_to_the_same_model(run_cli, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--qtype", "int4", "--recon-iters", "5"], "--recon-iters concerns learned rounding: add --adaround or --reconstruct block"),
     (["--qtype", "int4", "--recon-batch", "8"], "--recon-batch concerns learned rounding: add --adaround or --reconstruct block"),
+    (["--qtype", "int4", "--recon-groups", "2"],
+     "--recon-groups concerns learned rounding: add --adaround or --reconstruct block"),
     (["--qtype", "int4", "-qw", "apot4", "--adaround"],
      "--adaround learns the rounding of integer-grid weights and -qw is apot4: use -qw intN"),
     (["--qtype", "int4", "--adaround", "-s"], "--adaround learns a fixed rounding and -s rounds at random"),

@@ -306,6 +306,13 @@ def test_launcher_refuses_a_bad_flag_before_starting_processes():
     assert "ChildFailedError" not in result.stderr and "torch.distributed" not in result.stderr
 
 
+def test_launcher_refuses_rounding_groups_that_do_not_divide_over_the_processes():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "inference" / "launch.py"), "--nproc-per-node", "2",
+                             *FAST, "--qtype", "int4", "-qw", "int4", "--adaround", "--recon-groups", "3"],
+                            capture_output=True, text=True, timeout=120)
+    assert_one_error_line(result.returncode, result.stderr, "--recon-groups 3 is not a multiple of the 2 processes")
+
+
 def test_undecodable_calibration_images_are_named_or_skipped_and_counted(run_cli, tmp_path):
     data = imagenet_folder_with(tmp_path, None, b"")
     calibration = imagenet_folder_with(tmp_path / "calib", "broken.png", bytes(range(256)))

@@ -30,7 +30,10 @@ class Methods:
     ``qdrop``: with block rounding, the probability that an activation element stays float while
     learning (QDrop, Wei et al. 2022); ``learn_step_sizes``: with block rounding, the step sizes of
     the block's activation grids (fixed by calibration statistics) learned with its rounding, by LSQ
-    gradients, as BRECQ and QDrop do. ``qat_epochs``: quantization-aware fine-tuning of the other
+    gradients, as BRECQ and QDrop do; ``rounding_groups``: each step's gradient summed over that many
+    groups of calibration batches (batch k in group k mod G), one pass per group, so that the rounding
+    learned under torchrun is that of one process with the same groups (``methods.grouped_steps``;
+    None: one pass per step, or one group per process under torchrun). ``qat_epochs``: quantization-aware fine-tuning of the other
     seeds' kinds (STE) on labelled training batches at learning rate ``qat_lr``.
     """
 
@@ -40,6 +43,7 @@ class Methods:
     learn_step_sizes: bool = False
     rounding_steps: int = DEFAULT_ROUNDING_STEPS
     rounding_batch: int = DEFAULT_ROUNDING_BATCH
+    rounding_groups: int | None = None
     qat_epochs: int = 0
     qat_lr: float = DEFAULT_QAT_LR
 
@@ -61,6 +65,9 @@ class Methods:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise QuantizationError(f"Methods.{name} must be a positive integer, got {getattr(self, name)!r}",
                                         field=name)
+        if self.rounding_groups is not None and (not isinstance(self.rounding_groups, int) or self.rounding_groups < 1):
+            raise QuantizationError(f"Methods.rounding_groups must be a positive integer or None, got "
+                                    f"{self.rounding_groups!r}", field="rounding_groups")
         if not isinstance(self.qat_epochs, int) or self.qat_epochs < 0:
             raise QuantizationError(f"Methods.qat_epochs must be a non-negative integer, got {self.qat_epochs!r}",
                                     field="qat_epochs")

@@ -38,11 +38,18 @@ class OneProcess:
         return None
 
 
-def data_share(batch_sizes: list[int], processes: Processes):
+def data_share(batch_sizes: list[int], processes: Processes, groups: int):
     """This process's ``DataShare`` of batches split in turn over the processes (``Processes``): the
-    global position of each of its images, from every process's batch sizes."""
-    from pytorch_quantizer.methods.adaround import DataShare
+    global position of each of its images, from every process's batch sizes, and the group of every
+    image (batch k in group k mod ``groups``, a multiple of the process count, so that each group's
+    batches are on one process)."""
+    from pytorch_quantizer.errors import QuantizationError
+    from pytorch_quantizer.methods.grouped_steps import DataShare, batch_groups
 
+    if groups < 1 or groups % processes.world_size:
+        raise QuantizationError(f"Methods.rounding_groups {groups} is not a multiple of the {processes.world_size} "
+                                "processes: use a multiple of the process count", code="rounding_groups",
+                                field="rounding_groups")
     counts = processes.sum(torch.zeros(processes.world_size, dtype=torch.int64).index_fill_(
         0, torch.tensor([processes.rank]), len(batch_sizes)))
     sizes = torch.zeros(int(counts.sum()), dtype=torch.int64)
@@ -52,4 +59,4 @@ def data_share(batch_sizes: list[int], processes: Processes):
     starts = torch.cumsum(sizes, 0) - sizes
     positions = torch.cat([torch.arange(int(starts[index]), int(starts[index] + size))
                            for index, size in zip(mine.tolist(), batch_sizes)])
-    return DataShare(positions, int(sizes.sum()), processes.sum, processes.rank == 0)
+    return DataShare(positions, int(sizes.sum()), batch_groups(sizes, groups), groups, processes.sum)

@@ -292,7 +292,9 @@ def settle_rounding(quantized: QuantizedModel, methods: Methods, inputs: RecipeI
     blocks = methods.rounding == Rounding.BLOCK
     learn = learn_block_rounding if blocks else learn_model_rounding
     bar = (lambda names: inputs.progress(names, "reconstruct" if blocks else "adaround")) if inputs.progress else None
-    share = data_share([len(batch) for batch in batches], inputs.processes) if inputs.processes.distributed else None
+    groups = methods.rounding_groups or inputs.processes.world_size
+    share = (data_share([len(batch) for batch in batches], inputs.processes, groups)
+             if inputs.processes.distributed or groups > 1 else None)
     results = learn(quantized, images, options, bar, share=share)
     learned = {id(result.losses): result for result in results.values()}  # the layers of a block share one
     state.rounding = {name: result.up.detach().cpu() for name, result in results.items()}

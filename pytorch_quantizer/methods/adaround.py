@@ -26,6 +26,7 @@ from torch import nn
 
 from pytorch_quantizer.maths.soft_rounding import GAMMA, ZETA, rectified_sigmoid
 from pytorch_quantizer.maths.weight_grid import Grid, nearest_rounding, rounded_weight
+from pytorch_quantizer.methods.grouped_steps import DataShare, group_seed, grouped_gradients
 from pytorch_quantizer.quantizers import backend
 
 WARMUP = 0.2
@@ -77,27 +78,6 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return sample_loss_sum(output, target) * (output.shape[1] / output.numel())
 
 
-@dataclass(frozen=True)
-class DataShare:
-    """This process's share of calibration images that several processes learn on together:
-    ``positions``, the index of each of its images in the order of one process over all of them;
-    ``total`` images in all; ``sum`` adds a tensor over the processes; the process ``adds_regulariser``
-    (one of them). Each step's batch is drawn from all ``total`` images alike in every process, each
-    computes the loss of the images it holds, and the gradients are summed: the step of one process
-    over all the images."""
-
-    positions: torch.Tensor
-    total: int
-    sum: Callable[[torch.Tensor], torch.Tensor]
-    adds_regulariser: bool
-
-    def local_of(self) -> torch.Tensor:
-        """{global index: local index}, -1 where another process holds the image."""
-        local = torch.full((self.total,), -1, dtype=torch.long)
-        local[self.positions] = torch.arange(len(self.positions))
-        return local
-
-
 def output_error(output: Callable, weights: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor,
                  batch: int, share: DataShare | None = None) -> float:
     """Mean squared error of ``output(weights, inputs)`` against ``targets``, in batches (over every
@@ -133,8 +113,10 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
     """Learn the roundings of several float ``weights`` together: ``output(rounded weights, inputs)``
     is the layer or block computed with them, fitted to ``targets`` (its float output on float
     inputs) from ``inputs`` (its inputs in the quantized model). ``learning_mode()`` is entered for
-    the optimisation only (the errors are measured outside it). With ``share`` the images are spread
-    over processes (``DataShare``) and every process learns the same rounding. ``step_sizes``
+    the optimisation only (the errors are measured outside it); a ``reseed(seed)`` of what it yields
+    is called before each group's pass. With ``share`` each step's gradient is summed group by group
+    over the images of every process (``grouped_steps``): every process learns the rounding of one
+    process with the same groups. ``step_sizes``
     (tensors requiring gradients, used by ``output`` inside ``learning_mode``) are learned alongside
     with Adam at ``STEP_SIZE_LEARNING_RATE``. ``correction(float weight, rounded weight)`` is what the
     model does to a rounded weight (``weights.weight_correction``: -bcw's mean correction), applied to
@@ -146,7 +128,6 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
     optimisers = [torch.optim.Adam(list(logits.values()), lr=LEARNING_RATE)]
     if step_sizes:
         optimisers.append(torch.optim.Adam(step_sizes, lr=STEP_SIZE_LEARNING_RATE))
-    learned = [*logits.values(), *(step_sizes or [])]
     generator = torch.Generator().manual_seed(seed)
     total = share.total if share is not None else len(inputs)
     local_of = share.local_of() if share is not None else None
@@ -160,31 +141,26 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
         return corrected({name: rounded_weight(weight, grids[name], roundings[name]) for name, weight in weights.items()})
 
     losses = []
-    with learning_mode():
+    with learning_mode() as mode:
         for step in range(iterations):
             chosen = torch.randint(total, (min(batch, total),), generator=generator)
             beta = beta_at(step, iterations)
-            penalised = beta is not None and (share is None or share.adds_regulariser)
-            soft = {name: backend.soft_round(weight, logits[name], grids[name], beta if penalised else 0.0)
+            soft = {name: backend.soft_round(weight, logits[name], grids[name], beta if beta is not None else 0.0)
                     for name, weight in weights.items()}
             values = corrected({name: value for name, (value, _) in soft.items()})
-            if local_of is None:
-                loss = reconstruction_loss(output(values, inputs[chosen]), targets[chosen])
-            else:   # this process's part of the step's loss: the mean is over the images of every process
-                mine = local_of[chosen][local_of[chosen] >= 0]
-                loss = (sample_loss_sum(output(values, inputs[mine]), targets[mine]) / (len(chosen) * positions)
-                        if len(mine) else sum(value.sum() for value in values.values()) * 0.0)
-            if penalised:
-                loss = loss + regularisation * sum(penalty for _, penalty in soft.values())
+            penalty = regularisation * sum(penalty for _, penalty in soft.values()) if beta is not None else None
             for optimiser in optimisers:
                 optimiser.zero_grad()
-            loss.backward()
-            if share is not None:
-                for value in learned:
-                    value.grad = share.sum(value.grad if value.grad is not None else torch.zeros_like(value))
+            if share is None:
+                loss = reconstruction_loss(output(values, inputs[chosen]), targets[chosen])
+                loss = loss + penalty if penalty is not None else loss
+                loss.backward()
+                losses.append(float(loss.detach()))
+            else:
+                losses.append(_grouped_step(output, values, penalty, inputs, targets, chosen, share, local_of,
+                                            step_sizes or [], positions, mode, seed, step))
             for optimiser in optimisers:
                 optimiser.step()
-            losses.append(float(loss.detach()) if share is None else float(share.sum(loss.detach().reshape(1))))
     ups = {name: (value.detach() >= 0).float() for name, value in logits.items()}
     nearest = {name: nearest_rounding(weight, grids[name]) for name, weight in weights.items()}
     nearest_error = output_error(output, rounded(nearest), inputs, targets, batch, share)
@@ -196,6 +172,33 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
         results[name] = RoundingResult(ups[name], nearest_error, learned_error, history,
                                        float(((soft > 0) & (soft < 1)).float().mean()))
     return results, history
+
+
+def _grouped_step(output: Callable, values: dict[str, torch.Tensor], penalty: torch.Tensor | None,
+                  inputs: torch.Tensor, targets: torch.Tensor, chosen: torch.Tensor, share: DataShare,
+                  local_of: torch.Tensor, step_sizes: list[torch.Tensor], positions: int, mode, seed: int,
+                  step: int) -> float:
+    """The gradients of one step over ``share``'s groups (``grouped_steps``) put in the learned
+    tensors' ``grad``, the regulariser's added after the sum on every process; returns the step's
+    loss. The soft weights enter each group's pass detached, so the soft rounding's backward runs
+    once, on the summed gradient."""
+    detached = {name: value.detach().requires_grad_(True) for name, value in values.items()}
+    scale = 1.0 / (len(chosen) * positions)
+
+    def loss_of(mine: torch.Tensor) -> torch.Tensor:
+        return sample_loss_sum(output(detached, inputs[mine]), targets[mine]) * scale
+
+    reseed = getattr(mode, "reseed", None)
+    gradients, loss = grouped_gradients(loss_of, chosen, share, local_of, [*detached.values(), *step_sizes],
+                                        lambda group: reseed(group_seed(seed, step, group)) if reseed else None)
+    for step_size, gradient in zip(step_sizes, gradients[len(detached):]):
+        step_size.grad = gradient
+    tensors, grads = list(values.values()), gradients[:len(detached)]
+    if penalty is not None:
+        tensors, grads = [*tensors, penalty], [*grads, torch.ones_like(penalty)]
+        loss += float(penalty.detach())
+    torch.autograd.backward(tensors, grads)
+    return loss
 
 
 def learn_rounding(module: nn.Module, weight: torch.Tensor, grid: Grid, inputs: torch.Tensor,

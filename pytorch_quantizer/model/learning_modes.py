@@ -84,6 +84,12 @@ class StraightThrough:
         previous = self._state
         self._state = (drop_probability, torch.Generator().manual_seed(seed))
         try:
-            yield
+            yield self
         finally:
             self._state = previous
+
+    def reseed(self, seed: int) -> None:
+        """Draw the following seeds from ``seed`` (inside ``straight_through``): a step computed
+        group by group gives each group's pass its own, whichever process computes it."""
+        if self._state is not None:
+            self._state = (self._state[0], torch.Generator().manual_seed(seed))
