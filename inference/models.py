@@ -149,24 +149,9 @@ def efficientnet_lite_weights(name: str) -> Path:
 def build_efficientnet_lite(name: str):
     from efficientnet_lite_pytorch import EfficientNet
 
+    from inference.same_padding import padding_in_convolutions
+
     return padding_in_convolutions(EfficientNet.from_name(name.replace("_", "-")))
-
-
-def padding_in_convolutions(model):
-    """TensorFlow's 'SAME' padding where it is symmetric (the stride-1 depthwise convs) done by the
-    convolution itself instead of a ``ZeroPad2d`` before it: the same values bit for bit, without
-    the padded copy of the feature map (a fill and a copy forward, a copy backward), about a sixth of
-    a block-reconstruction step on Lite0's early blocks. Asymmetric padding (stride 2) stays."""
-    from torch import nn
-
-    for module in model.modules():
-        padding = getattr(module, "static_padding", None)
-        if isinstance(module, nn.Conv2d) and isinstance(padding, nn.ZeroPad2d) and module.padding == (0, 0):
-            left, right, top, bottom = padding.padding
-            if left == right and top == bottom:
-                module.padding = (top, left)
-                module.static_padding = nn.Identity()
-    return model
 
 
 def register_efficientnet_lite(name: str, crop: int) -> None:

@@ -68,7 +68,8 @@ class Extension:
         return digest.hexdigest()
 
 
-CPU = Extension("ptq_kernels_cpu", "cpu", ("quant_ops.cpp", "select_ops.cpp", "soft_round_ops.cpp"),
+CPU = Extension("ptq_kernels_cpu", "cpu",
+                ("quant_ops.cpp", "select_ops.cpp", "soft_round_ops.cpp", "depthwise_ops.cpp"),
                 cflags=("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"), ldflags=("-fopenmp",))
 CUDA = Extension("ptq_kernels_cuda", "cuda", ("quant_ops_cuda.cu", "select_ops_cuda.cu", "soft_round_cuda.cu"),
                  cflags=("-O3", "-ffp-contract=off"), cuda_cflags=("-O3", "--fmad=false"))

@@ -78,6 +78,12 @@ def soft_round_backward(grad_y, grad_penalty, w, v, scale, zero_point, qmax, axi
     return torch.empty_like(w)
 
 
+def depthwise_weight_grad(grad, x, kernel_size, stride, padding, dilation):
+    """The weight gradient of a depthwise conv: [channels, 1, KH, KW], contiguous float32."""
+    torch._check(x.dim() == 4 and grad.dim() == 4, lambda: "depthwise_weight_grad: x and grad must be 4-d")
+    return x.new_empty((x.shape[1], 1, *kernel_size))
+
+
 @functools.cache
 def register() -> None:
     """Register the fake kernels (once per process)."""
@@ -90,3 +96,4 @@ def register() -> None:
     torch.library.register_fake("ptq_kernels::qdrop_select")(qdrop_select)
     torch.library.register_fake("ptq_kernels::soft_round")(soft_round)
     torch.library.register_fake("ptq_kernels::soft_round_backward")(soft_round_backward)
+    torch.library.register_fake("ptq_kernels::depthwise_weight_grad")(depthwise_weight_grad)

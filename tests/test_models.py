@@ -107,11 +107,12 @@ def test_bad_weight_files_are_refused(tmp_path, content, message):
         create_model("resnet18", weights=path)
 
 
-def test_efficientnet_lite_pads_symmetric_same_padding_inside_its_convolutions_with_the_same_outputs():
+def test_efficientnet_lite_pads_inside_its_convolutions_or_at_the_border_with_the_same_values_and_gradients():
     from efficientnet_lite_pytorch import EfficientNet
     from torch import nn
 
     from inference.models import build_efficientnet_lite
+    from inference.same_padding import BorderZeroPad2d
 
     torch.manual_seed(0)
     padded = EfficientNet.from_name("efficientnet-lite0").eval()
@@ -120,6 +121,10 @@ def test_efficientnet_lite_pads_symmetric_same_padding_inside_its_convolutions_w
     pads = [module.static_padding for module in model.modules() if hasattr(module, "static_padding")]
     remaining = [pad.padding for pad in pads if isinstance(pad, nn.ZeroPad2d)]
     assert len(remaining) == 5 and all(left != right for left, right, _, _ in remaining)   # the stride-2 convs
-    images = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        assert torch.equal(model(images), padded(images))
+    assert all(isinstance(pad, BorderZeroPad2d) for pad in pads if isinstance(pad, nn.ZeroPad2d))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        images = torch.randn(2, 3, 224, 224).contiguous(memory_format=layout).requires_grad_(True)
+        outputs = [network(images) for network in (model, padded)]
+        assert torch.equal(outputs[0], outputs[1])
+        grads = [torch.autograd.grad(output.square().sum(), images)[0] for output in outputs]
+        assert torch.equal(grads[0], grads[1])

@@ -27,6 +27,7 @@ from torch import nn
 from pytorch_quantizer.maths.soft_rounding import GAMMA, ZETA, rectified_sigmoid
 from pytorch_quantizer.maths.weight_grid import Grid, nearest_rounding, rounded_weight
 from pytorch_quantizer.methods.grouped_steps import DataShare, group_seed, grouped_gradients
+from pytorch_quantizer.model.depthwise_gradients import DepthwiseWeightGradients
 from pytorch_quantizer.quantizers import backend
 
 WARMUP = 0.2
@@ -141,7 +142,7 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
         return corrected({name: rounded_weight(weight, grids[name], roundings[name]) for name, weight in weights.items()})
 
     losses = []
-    with learning_mode() as mode:
+    with learning_mode() as mode, DepthwiseWeightGradients():
         for step in range(iterations):
             chosen = torch.randint(total, (min(batch, total),), generator=generator)
             beta = beta_at(step, iterations)

@@ -194,6 +194,30 @@ def qdrop_select(x: torch.Tensor, q: torch.Tensor, p: float, seed: int) -> torch
     return torch.ops.ptq_kernels.qdrop_select(x.float(), q.float(), float(p), int(seed)).to(x.dtype)
 
 
+def depthwise_kernel_serves(x: torch.Tensor) -> bool:
+    """Whether ``depthwise_weight_grad`` runs the kernel for ``x`` (a CPU tensor, kernels loaded)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and _use_kernels(x)
+
+
+def reference_depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size, stride, padding,
+                                    dilation) -> torch.Tensor:
+    """PyTorch's weight gradient of a depthwise conv2d (groups = channels), [channels, 1, KH, KW]."""
+    weight = x.new_empty((x.shape[1], 1, *kernel_size))
+    return torch.ops.aten.convolution_backward(grad, x, weight, None, list(stride), list(padding), list(dilation),
+                                               False, [0, 0], x.shape[1], [False, True, False])[1]
+
+
+def depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size, stride, padding,
+                          dilation) -> torch.Tensor:
+    """dW[c, 0, i, j] = sum over n, h, w of x[n, c, h s - p + i d, w s - p + j d] grad[n, c, h, w] of a
+    depthwise conv2d: the kernel on the CPU (its samples summed in order, whatever the threads),
+    else the reference; equal to rounding."""
+    if not depthwise_kernel_serves(x):
+        return reference_depthwise_weight_grad(grad, x, kernel_size, stride, padding, dilation)
+    return torch.ops.ptq_kernels.depthwise_weight_grad(grad.float(), x.float(), list(kernel_size), list(stride),
+                                                       list(padding), list(dilation))
+
+
 class _SoftRound(torch.autograd.Function):
     """The kernels' soft rounding with their one-pass gradient with respect to the logits."""
 
