@@ -20,7 +20,8 @@ the seconds spent learning the rounding and the seconds of the whole run. Writes
 
 On fmnist_mobilenet and efficientnet_lite0 (issue 27) the table goes on with block + QDrop at fixed
 activation ranges from the calibration statistics (``-sm collect``), with the step sizes learned
-(``--learn-step-sizes``), with ``LONG_STEPS`` steps, and at W3A3 and W2A4. Every row keeps the first
+(``--learn-step-sizes``), with ``LONG_STEPS`` steps (with step sizes, and plain block reconstruction),
+and at W3A3 and W2A4. Every row keeps the first
 conv and the classifier at 8 bits (the CLI's default, as in the published protocols).
 """
 from __future__ import annotations
@@ -75,6 +76,9 @@ def scaled_rows(arch: str) -> dict[str, str]:
     for precision in PRECISIONS:
         rows[f"{precision}, {block} + step sizes, {steps} steps"] = _row(PRECISIONS[precision], STEP_SIZES, arch,
                                                                          False, steps)
+    for precision in PRECISIONS:
+        rows[f"{precision}, reconstruct block, {steps} steps"] = _row(PRECISIONS[precision], METHODS["reconstruct block"],
+                                                                      arch, False, steps)
     for precision, recipe in LOWER_PRECISIONS.items():
         rows[f"{precision}, nearest rounding"] = recipe
         rows[f"{precision}, {block} + step sizes"] = _row(recipe, STEP_SIZES, arch, False)

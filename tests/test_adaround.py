@@ -214,6 +214,8 @@ def assert_same_rounding_with_and_without_chaining(learner, point: str, options)
         with a4w4_mobilenet(point, images) as quantized:
             results = learner(quantized, images, options, reuse_chained=reuse_chained)
             learned.append({name: result.up for name, result in results.items()})
+            # the model's own parameters were frozen while learning, and are given back as they were
+            assert all(parameter.requires_grad and parameter.grad is None for parameter in quantized.model.parameters())
     assert learned[0].keys() == learned[1].keys() and len(learned[0]) == 26
     assert all(torch.equal(learned[0][name], learned[1][name]) for name in learned[0])
 

@@ -87,6 +87,21 @@ def _stopping_at(module: nn.Module, store: list[torch.Tensor]):
         handle.remove()
 
 
+@contextmanager
+def parameters_frozen(module: nn.Module):
+    """While open, the module's own parameters need no gradient: the learners differentiate the
+    roundings (and step sizes) only, and every conv's backward then skips its bias gradient (about
+    3 % of a learning step of Lite0) instead of summing it into ``.grad`` at every step."""
+    changed = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    for parameter in changed:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in changed:
+            parameter.requires_grad_(True)
+
+
 def chained_blocks(model: nn.Module, images: torch.Tensor, names: list[str]) -> set[str]:
     """The blocks among ``names`` whose input, on one image, is the very tensor the block run just
     before them returned, unmodified: an in-place activation between them (a bare conv, then
@@ -221,7 +236,7 @@ def learn_model_rounding(quantized, images: torch.Tensor, options: RoundingOptio
         del float_inputs
         with quantized.measures_paused():
             inputs = inputs_within_block(block, relative, quantized_block_inputs, options.batch)
-        with quantized.bypassed():  # the layer's own hooks stay out of the learning passes
+        with quantized.bypassed(), parameters_frozen(module):  # the layer's own hooks stay out of the learning passes
             result = adaround.learn_rounding(module, float_weight, weight_grid(quantized, name), inputs, targets,
                                              options.iterations, options.batch, options.seed, share=share,
                                              correction=weight_correction(quantized.config))
@@ -295,7 +310,7 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
         scales = initial_step_sizes(quantized, block_name) if options.step_sizes else {}
         quantized.learning.scales = scales
         try:
-            with quantized.measures_paused():
+            with quantized.measures_paused(), parameters_frozen(block):
                 learned, _ = adaround.learn_soft_roundings(
                     weights, grids, block_output, inputs, targets, options.iterations, options.batch, options.seed,
                     learning_mode=lambda: quantized.learning.straight_through(options.drop, options.seed), share=share,
