@@ -85,4 +85,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from inference.allocator import reexecute_with_tuned_malloc
+
+    reexecute_with_tuned_malloc()
     sys.exit(main())
