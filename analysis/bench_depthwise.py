@@ -51,6 +51,7 @@ def main(argv=None) -> int:
 
     from kernels import build
     from pytorch_quantizer.formats.safe_io import write_atomically
+    from pytorch_quantizer.model.depthwise_gradients import kernel_serves_window
     from pytorch_quantizer.quantizers import backend
 
     build.build_cpu()
@@ -68,8 +69,8 @@ def main(argv=None) -> int:
         pytorch = median_ms(lambda: backend.reference_depthwise_weight_grad(grad, x, *window), args.repeats)
         ours = median_ms(lambda: torch.ops.ptq_kernels.depthwise_weight_grad(grad, x, *window), args.repeats)
         rows.append({"channels": channels, "map": size, "filter": kernel, "stride": stride,
-                     "served": not (kernel == 3 and stride == 1), "pytorch ms": pytorch, "kernel ms": ours,
-                     "pytorch / kernel": pytorch / ours})
+                     "served": kernel_serves_window((kernel, kernel), (stride, stride)), "pytorch ms": pytorch,
+                     "kernel ms": ours, "pytorch / kernel": pytorch / ours})
     table = pd.DataFrame(rows)
     served = table[table["served"]]
     summary = {"batch": args.batch, "threads": args.threads, "torch": torch.__version__,

@@ -44,7 +44,7 @@ def test_the_grouped_gradient_is_the_gradient_of_the_whole_batch():
     def loss_of(images):
         return adaround.sample_loss_sum(adaround.layer_output(conv, weight, inputs[images]), targets[images])
 
-    (grouped,), loss = grouped_gradients(loss_of, chosen, share, torch.arange(64), [weight])
+    (grouped,), loss = grouped_gradients(loss_of, chosen, share, [weight])
     whole = loss_of(chosen)
     (expected,) = torch.autograd.grad(whole, [weight])
     assert loss == pytest.approx(float(whole.detach()), rel=1e-5)

@@ -33,8 +33,9 @@ class Methods:
     gradients, as BRECQ and QDrop do; ``rounding_groups``: each step's gradient summed over that many
     groups of calibration batches (batch k in group k mod G), one pass per group, so that the rounding
     learned under torchrun is that of one process with the same groups (``methods.grouped_steps``;
-    None: one pass per step, or one group per process under torchrun). ``qat_epochs``: quantization-aware fine-tuning of the other
-    seeds' kinds (STE) on labelled training batches at learning rate ``qat_lr``.
+    None: one pass per step, or one group per process under torchrun). ``qat_epochs``:
+    quantization-aware fine-tuning of the other seeds' kinds (STE) on labelled training batches at
+    learning rate ``qat_lr``.
     """
 
     equalize: bool = False

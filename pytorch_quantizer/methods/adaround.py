@@ -131,7 +131,6 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
         optimisers.append(torch.optim.Adam(step_sizes, lr=STEP_SIZE_LEARNING_RATE))
     generator = torch.Generator().manual_seed(seed)
     total = share.total if share is not None else len(inputs)
-    local_of = share.local_of() if share is not None else None
     positions = targets[0].numel() // targets.shape[1]
 
     def corrected(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -143,13 +142,14 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
 
     losses = []
     with learning_mode() as mode, DepthwiseWeightGradients():
+        reseed = getattr(mode, "reseed", None)
         for step in range(iterations):
             chosen = torch.randint(total, (min(batch, total),), generator=generator)
             beta = beta_at(step, iterations)
             soft = {name: backend.soft_round(weight, logits[name], grids[name], beta if beta is not None else 0.0)
                     for name, weight in weights.items()}
             values = corrected({name: value for name, (value, _) in soft.items()})
-            penalty = regularisation * sum(penalty for _, penalty in soft.values()) if beta is not None else None
+            penalty = regularisation * sum(term for _, term in soft.values()) if beta is not None else None
             for optimiser in optimisers:
                 optimiser.zero_grad()
             if share is None:
@@ -158,8 +158,12 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
                 loss.backward()
                 losses.append(float(loss.detach()))
             else:
-                losses.append(_grouped_step(output, values, penalty, inputs, targets, chosen, share, local_of,
-                                            step_sizes or [], positions, mode, seed, step))
+                def before_group(group: int, step: int = step) -> None:
+                    if reseed is not None:
+                        reseed(group_seed(seed, step, group))
+
+                losses.append(_grouped_step(output, values, penalty, inputs, targets, chosen, share, step_sizes or [],
+                                            positions, before_group))
             for optimiser in optimisers:
                 optimiser.step()
     ups = {name: (value.detach() >= 0).float() for name, value in logits.items()}
@@ -177,21 +181,18 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
 
 def _grouped_step(output: Callable, values: dict[str, torch.Tensor], penalty: torch.Tensor | None,
                   inputs: torch.Tensor, targets: torch.Tensor, chosen: torch.Tensor, share: DataShare,
-                  local_of: torch.Tensor, step_sizes: list[torch.Tensor], positions: int, mode, seed: int,
-                  step: int) -> float:
-    """The gradients of one step over ``share``'s groups (``grouped_steps``) put in the learned
-    tensors' ``grad``, the regulariser's added after the sum on every process; returns the step's
-    loss. The soft weights enter each group's pass detached, so the soft rounding's backward runs
-    once, on the summed gradient."""
+                  step_sizes: list[torch.Tensor], positions: int, before_group: Callable[[int], None]) -> float:
+    """The gradients of one step over ``share``'s groups (``grouped_steps``; ``before_group(j)`` runs
+    before group j's pass) put in the learned tensors' ``grad``, the regulariser's added after the
+    sum on every process; returns the step's loss. The soft weights enter each group's pass
+    detached, so the soft rounding's backward runs once, on the summed gradient."""
     detached = {name: value.detach().requires_grad_(True) for name, value in values.items()}
     scale = 1.0 / (len(chosen) * positions)
 
     def loss_of(mine: torch.Tensor) -> torch.Tensor:
         return sample_loss_sum(output(detached, inputs[mine]), targets[mine]) * scale
 
-    reseed = getattr(mode, "reseed", None)
-    gradients, loss = grouped_gradients(loss_of, chosen, share, local_of, [*detached.values(), *step_sizes],
-                                        lambda group: reseed(group_seed(seed, step, group)) if reseed else None)
+    gradients, loss = grouped_gradients(loss_of, chosen, share, [*detached.values(), *step_sizes], before_group)
     for step_size, gradient in zip(step_sizes, gradients[len(detached):]):
         step_size.grad = gradient
     tensors, grads = list(values.values()), gradients[:len(detached)]

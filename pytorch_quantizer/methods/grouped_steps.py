@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -37,8 +38,9 @@ class DataShare:
     group_count: int
     sum: Callable[[torch.Tensor], torch.Tensor]
 
+    @cached_property
     def local_of(self) -> torch.Tensor:
-        """{global index: local index}, -1 where another process holds the image."""
+        """{global index: local index}, -1 where another process holds the image (made once)."""
         local = torch.full((self.total,), -1, dtype=torch.long)
         local[self.positions] = torch.arange(len(self.positions))
         return local
@@ -57,13 +59,13 @@ def group_seed(seed: int, step: int, group: int) -> int:
 
 
 def grouped_gradients(loss_of: Callable[[torch.Tensor], torch.Tensor], chosen: torch.Tensor, share: DataShare,
-                      local_of: torch.Tensor, differentiated: list[torch.Tensor],
-                      before_group: Callable[[int], None] = lambda group: None) -> tuple[list[torch.Tensor], float]:
+                      differentiated: list[torch.Tensor], before_group: Callable[[int], None] = lambda group: None
+                      ) -> tuple[list[torch.Tensor], float]:
     """The step's gradients of the data loss with respect to ``differentiated`` and its loss, summed
     group by group in order over every process's images (module docstring). ``loss_of(local
     indices)`` is the loss of those of this process's images; ``before_group(j)`` runs before group
     j's pass."""
-    held, groups = local_of[chosen], share.groups[chosen]
+    held, groups = share.local_of[chosen], share.groups[chosen]
     sizes = [tensor.numel() for tensor in differentiated]
     stacked = torch.zeros(share.group_count, sum(sizes) + 1, dtype=torch.float32)
     for group in range(share.group_count):

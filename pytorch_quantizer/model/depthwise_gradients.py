@@ -47,14 +47,19 @@ class _DepthwiseConv2d(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
+def kernel_serves_window(kernel_size: tuple[int, ...], stride: tuple[int, int]) -> bool:
+    """Every depthwise window but 3x3 at stride 1 (module docstring)."""
+    return not (tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1))
+
+
 def _depthwise_call(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """The arguments of ``_DepthwiseConv2d`` for a conv2d call it serves, else None."""
     if isinstance(padding, str) or not isinstance(x, torch.Tensor) or x.dim() != 4:
         return None
     depthwise = groups == x.shape[1] == weight.shape[0] and weight.shape[1] == 1
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    plain = tuple(weight.shape[2:]) == (3, 3) and stride == (1, 1)
-    if not depthwise or plain or not (torch.is_grad_enabled() and weight.requires_grad):
+    if not depthwise or not kernel_serves_window(weight.shape[2:], stride) \
+            or not (torch.is_grad_enabled() and weight.requires_grad):
         return None
     return (x, weight, bias, stride, padding, dilation) if backend.depthwise_kernel_serves(x) else None
 
