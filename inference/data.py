@@ -7,8 +7,9 @@
 
 Calibration images (``-sm collect``, ``-ac``, ``-bca``) come from, in order of precedence:
 ``--calib-data DIR`` (any folder of images, labels ignored; never the evaluated folder),
-``--calib-holdout N`` (N seeded images of the evaluated set, which then evaluates the rest), the
-dataset's own disjoint split (Fashion-MNIST train, ImageNet ``DIR/train``), and as a last resort the
+``--calib-holdout N`` (N seeded images of the evaluated set, which then evaluates the rest),
+``--calib-fold I/K`` (k-fold cross-validation: part I of K seeded parts of the evaluated set is
+evaluated, the other K - 1 calibrate), the dataset's own disjoint split (Fashion-MNIST train, ImageNet ``DIR/train``), and as a last resort the
 evaluated images themselves, which ``CalibrationSet.overlaps_eval`` records and callers report.
 """
 from __future__ import annotations
@@ -45,18 +46,28 @@ class LoaderOptions:
 
 @dataclass(frozen=True)
 class CalibrationChoice:
-    """The user's calibration source: ``folder`` (--calib-data) or ``holdout`` images of the
-    evaluated set (--calib-holdout); neither: the dataset's default. ``images``: -cs."""
+    """The user's calibration source: ``folder`` (--calib-data), ``holdout`` images of the evaluated
+    set (--calib-holdout) or all but part ``fold = (I, K)`` of it (--calib-fold I/K); none: the
+    dataset's default. ``images``: -cs."""
 
     folder: Path | None = None
     holdout: int | None = None
     images: int = 5120
+    fold: tuple[int, int] | None = None
 
     def __post_init__(self):
-        if self.folder is not None and self.holdout is not None:
-            raise UserError("--calib-data and --calib-holdout both choose the calibration images: pass one of them")
+        chosen = [flag for flag, value in (("--calib-data", self.folder), ("--calib-holdout", self.holdout),
+                                           ("--calib-fold", self.fold)) if value is not None]
+        if len(chosen) > 1:
+            raise UserError(f"{' and '.join(chosen)} all choose the calibration images: pass one of them"
+                            if len(chosen) > 2 else f"{chosen[0]} and {chosen[1]} both choose the calibration "
+                            "images: pass one of them")
         if self.holdout is not None and self.holdout <= 0:
             raise UserError(f"--calib-holdout {self.holdout}: must be a positive number of images")
+        if self.fold is not None:
+            part, parts = self.fold
+            if parts < 2 or not 1 <= part <= parts:
+                raise UserError(f"--calib-fold {part}/{parts}: needs 2 or more parts K and a part I from 1 to K")
         if self.images <= 0:
             raise UserError(f"-cs {self.images}: must be a positive number of images")
 
@@ -188,6 +199,19 @@ def holdout_split(dataset: Dataset, holdout: int, seed: int) -> tuple[Dataset, D
     return dataset.subset(sorted(order[holdout:])), dataset.subset(sorted(order[:holdout]))
 
 
+def fold_split(dataset: Dataset, part: int, parts: int, seed: int) -> tuple[Dataset, Dataset]:
+    """(evaluated part, calibration rest) of k-fold cross-validation: the seeded permutation of
+    ``holdout_split`` cut into ``parts`` slices as equal as can be (the i-th is positions
+    [(i - 1) n / K, i n / K) of it), slice ``part`` (1-based) evaluated, both kept in the dataset's
+    order. Over I = 1..K every image is evaluated exactly once."""
+    if len(dataset) < parts:
+        raise UserError(f"--calib-fold {part}/{parts}: the evaluated set has {len(dataset)} images, fewer than the "
+                        f"{parts} parts; use at most {len(dataset)} parts")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    start, stop = (part - 1) * len(dataset) // parts, part * len(dataset) // parts
+    return dataset.subset(sorted(order[start:stop])), dataset.subset(sorted(order[:start] + order[stop:]))
+
+
 def prepare_data(spec: ModelSpec, data_dir: Path | None, choice: CalibrationChoice, seed: int) -> RunData:
     """Open the evaluated images and the chosen calibration images; every data error is raised here."""
     if choice.folder is not None:
@@ -200,6 +224,11 @@ def prepare_data(spec: ModelSpec, data_dir: Path | None, choice: CalibrationChoi
         evaluation, held_out = holdout_split(evaluation, choice.holdout, seed)
         chosen = CalibrationSet(held_out, f"the {choice.holdout} images held out of the evaluated set "
                                           f"{evaluated_folder(spec, data_dir)} (--calib-holdout, seed {seed})", False)
+    elif choice.fold is not None:
+        part, parts = choice.fold
+        evaluation, rest = fold_split(evaluation, part, parts, seed)
+        chosen = CalibrationSet(rest, f"the {len(rest)} images of the evaluated set {evaluated_folder(spec, data_dir)} "
+                                      f"outside part {part} of {parts} (--calib-fold, seed {seed})", False)
     elif choice.folder is not None:
         folder_images = unlabelled_images(choice.folder, image_transform(spec.preprocessing))
         chosen = CalibrationSet(folder_images, f"the {len(folder_images)} image files under {choice.folder} (--calib-data)",

@@ -52,6 +52,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def fold_spec(text: str) -> tuple[int, int]:
+    """``I/K`` -> (I, K); the range is checked with the other calibration choices (``CalibrationChoice``)."""
+    part, slash, parts = text.partition("/")
+    if not slash or not part.strip().isdigit() or not parts.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be part/parts such as 1/5, got {text!r}")
+    return int(part), int(parts)
+
+
 MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed or unsigned 64-bit integer
 
 
@@ -90,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "recursively, labels ignored; never the evaluated folder (ImageNet models)")
     parser.add_argument("--calib-holdout", type=positive_int, default=None, metavar="N",
                         help="calibrate on N images of the evaluated set drawn by --seed and evaluate the other ones")
+    parser.add_argument("--calib-fold", type=fold_spec, default=None, metavar="I/K",
+                        help="k-fold cross-validation: cut the evaluated set into K parts drawn by --seed, evaluate "
+                             "part I and calibrate on the other K - 1 (-cs of them); runs of I = 1..K evaluate every "
+                             "image once (analysis/cross_validated.py pools them)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--device_ids", "--device-ids", dest="device_ids", type=non_negative_int, nargs="+", default=None,
                         metavar="ID", help="CUDA devices: process k of torchrun uses cuda:ID[k]; one process takes one ID "

@@ -185,7 +185,7 @@ def validate_command_line(args: argparse.Namespace, parser: argparse.ArgumentPar
 def calibration_choice(args: argparse.Namespace):
     from inference.data import CalibrationChoice
 
-    return CalibrationChoice(args.calib_data, args.calib_holdout, args.cs)
+    return CalibrationChoice(args.calib_data, args.calib_holdout, args.cs, args.calib_fold)
 
 
 def resolve_device(requested: str | None, device_ids: list[int] | None = None, process=None):
