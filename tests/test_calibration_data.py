@@ -1,4 +1,4 @@
-"""WordNet-id folders, --calib-data, --calib-holdout, and the fidelity figures of --compare-fp32."""
+"""WordNet-id folders, --calib-data, --calib-holdout, --calib-fold, and the fidelity figures of --compare-fp32."""
 import json
 from pathlib import Path
 
@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from scipy.special import rel_entr, softmax
 
-from inference.data import CalibrationChoice, LoaderOptions, prepare_data
+from inference.data import CalibrationChoice, LoaderOptions, fold_split, prepare_data
+from inference.fashion_mnist import InMemoryImages
 from inference.errors import UserError
 from pytorch_quantizer.api.evaluation import FidelityCounter, evaluate
 from inference.image_files import UNLABELLED, imagenet_wnids
@@ -61,6 +62,44 @@ def test_holdout_splits_the_evaluated_set_seeded_and_disjoint():
                                  "(--calib-holdout, seed 3)"
     assert first.calibration_record() == {"calibration": calibration.source, "calibration_images": 100,
                                           "calibration_overlaps_eval": False}
+
+
+def test_folds_evaluate_every_image_once_each_calibrated_on_the_others():
+    everything = prepare_data(FMNIST, None, CalibrationChoice(), 0).evaluation.images.flatten(1)
+    folds = [prepare_data(FMNIST, None, CalibrationChoice(images=64, fold=(part, 3)), seed=3) for part in (1, 2, 3)]
+    assert [len(fold.evaluation) for fold in folds] == [3333, 3333, 3334]
+    for fold in folds:
+        evaluated, calibration = fold.evaluation.images.flatten(1), fold.calibration_set().dataset.images.flatten(1)
+        assert len(evaluated) + len(calibration) == 10_000
+        assert torch.equal(torch.cat([evaluated, calibration]).unique(dim=0), everything.unique(dim=0))
+    pooled = torch.cat([fold.evaluation.images.flatten(1) for fold in folds])
+    assert len(pooled) == 10_000 and torch.equal(pooled.unique(dim=0), everything.unique(dim=0))
+    assert folds[1].calibration_set().source == ("the 6667 images of the evaluated set /usr/share/datasets/fashion-mnist "
+                                                 "outside part 2 of 3 (--calib-fold, seed 3)")
+    assert folds[1].calibration_loader(LoaderOptions(batch_size=32)).images == 64
+
+
+def test_first_fold_of_k_is_the_holdout_of_n_over_k_with_the_same_seed():
+    first = prepare_data(FMNIST, None, CalibrationChoice(fold=(1, 5)), seed=0)
+    holdout = prepare_data(FMNIST, None, CalibrationChoice(holdout=2000), seed=0)
+    assert torch.equal(first.evaluation.images, holdout.calibration_set().dataset.images)
+    assert torch.equal(first.calibration_set().dataset.images, holdout.evaluation.images)
+
+
+@pytest.mark.parametrize("fold", [(0, 5), (6, 5), (1, 1), (0, 0)])
+def test_fold_ranges_are_refused(fold):
+    with pytest.raises(UserError, match=f"--calib-fold {fold[0]}/{fold[1]}: needs 2 or more parts K and a part I from 1 to K"):
+        CalibrationChoice(fold=fold)
+
+
+def test_more_folds_than_images_and_two_choices_are_refused():
+    three = InMemoryImages(torch.zeros(3, 2, 2, dtype=torch.uint8), torch.arange(3))
+    with pytest.raises(UserError, match="the evaluated set has 3 images, fewer than the 4 parts; use at most 3 parts"):
+        fold_split(three, 1, 4, 0)
+    with pytest.raises(UserError, match="--calib-holdout and --calib-fold both choose the calibration images"):
+        CalibrationChoice(holdout=5, fold=(1, 2))
+    with pytest.raises(UserError, match="--calib-data and --calib-holdout and --calib-fold all choose"):
+        CalibrationChoice(folder=Path("."), holdout=5, fold=(1, 2))
 
 
 def test_calib_data_takes_every_image_under_the_folder_unlabelled(wnid_val, tmp_path):
@@ -164,6 +203,10 @@ def assert_refused_without_run(run_cli, tmp_path, argv, message):
     (["--calib-holdout", "10000"], "the evaluated set has 10000 images"),
     (["--calib-holdout", "100000"], "the evaluated set has 10000 images"),
     (["--calib-holdout", "10", "--calib-data", "."], "pass one of them"),
+    (["--calib-fold", "2"], "argument --calib-fold: must be part/parts such as 1/5, got '2'"),
+    (["--calib-fold", "a/5"], "must be part/parts such as 1/5, got 'a/5'"),
+    (["--calib-fold", "6/5"], "--calib-fold 6/5: needs 2 or more parts K and a part I from 1 to K"),
+    (["--calib-fold", "1/5", "--calib-holdout", "10"], "--calib-holdout and --calib-fold both choose"),
 ])
 def test_cli_refuses_bad_holdouts(run_cli, tmp_path, argv, message):
     assert_refused_without_run(run_cli, tmp_path, ["-a", "fmnist_resnet20", *argv], message)
@@ -187,6 +230,18 @@ def test_cli_refuses_bad_calibration_folders_and_unknown_wnids(run_cli, tmp_path
             "--qtype", "int8", "-sm", "collect", "-sf", tmp_path / "stats"]
     assert_refused_without_run(run_cli, tmp_path, argv, message)
     assert not (tmp_path / "stats").exists()
+
+
+def test_fold_run_evaluates_its_part_and_records_the_calibration(run_cli, tmp_path):
+    out = tmp_path / "result.json"
+    code, _, stderr = run_cli("-a", "fmnist_resnet20", "-p", "0", "-b", "500", "--calib-fold", "2/4", "-cs", "100",
+                              "--qtype", "int8", "-sm", "collect", "-sf", tmp_path, "--results-json", out,
+                              "--mlflow-uri", f"sqlite:///{tmp_path / 'store.db'}")
+    assert code == 0, stderr
+    result = json.loads(out.read_text())
+    assert result["images"] == 2500 and result["calibration_images"] == 100
+    assert "outside part 2 of 4 (--calib-fold, seed 0)" in result["calibration"]
+    assert result["calibration_overlaps_eval"] is False
 
 
 def test_fmnist_holdout_calibrates_and_compare_fp32_reports_fidelity(run_cli, tmp_path):
