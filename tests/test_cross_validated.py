@@ -50,10 +50,10 @@ def test_full_plan_learns_on_400_photos_of_each_fold_and_passes_the_cli_checks(t
     from inference.inference_sim import build_parser
     from inference.validation import validate
 
-    assert list(RECIPES) == ["W4A8, reconstruct block", "W4A4, reconstruct block"]
+    assert list(RECIPES) == ["W4A8, reconstruct block", "W4A4, reconstruct block", "W4A4, reconstruct block + QDrop 0.5"]
     for flags in RECIPES.values():
         argv = fold_argv(FULL, flags, 3, tmp_path)
         text = " ".join(argv)
-        assert "--calib-fold 3/5" in text and text.endswith("--reconstruct block -cs 400 --recon-iters 200 --compare-fp32")
+        assert "--calib-fold 3/5" in text and text.endswith("-cs 400 --recon-iters 200 --compare-fp32")
         spec, config = validate(build_parser().parse_args(argv))
         assert config is not None
