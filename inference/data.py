@@ -9,8 +9,8 @@ Calibration images (``-sm collect``, ``-ac``, ``-bca``) come from, in order of p
 ``--calib-data DIR`` (any folder of images, labels ignored; never the evaluated folder),
 ``--calib-holdout N`` (N seeded images of the evaluated set, which then evaluates the rest),
 ``--calib-fold I/K`` (k-fold cross-validation: part I of K seeded parts of the evaluated set is
-evaluated, the other K - 1 calibrate), the dataset's own disjoint split (Fashion-MNIST train, ImageNet ``DIR/train``), and as a last resort the
-evaluated images themselves, which ``CalibrationSet.overlaps_eval`` records and callers report.
+evaluated, the other K - 1 calibrate), the dataset's own disjoint split (Fashion-MNIST train,
+ImageNet ``DIR/train``), and as a last resort the evaluated images themselves, which ``CalibrationSet.overlaps_eval`` records and callers report.
 """
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ class CalibrationChoice:
         chosen = [flag for flag, value in (("--calib-data", self.folder), ("--calib-holdout", self.holdout),
                                            ("--calib-fold", self.fold)) if value is not None]
         if len(chosen) > 1:
-            raise UserError(f"{' and '.join(chosen)} all choose the calibration images: pass one of them"
-                            if len(chosen) > 2 else f"{chosen[0]} and {chosen[1]} both choose the calibration "
-                            "images: pass one of them")
+            both = "both" if len(chosen) == 2 else "all"
+            raise UserError(f"{', '.join(chosen[:-1])} and {chosen[-1]} {both} choose the calibration images: "
+                            "pass one of them")
         if self.holdout is not None and self.holdout <= 0:
             raise UserError(f"--calib-holdout {self.holdout}: must be a positive number of images")
         if self.fold is not None:
@@ -189,25 +189,30 @@ def check_calibration_folder(spec: ModelSpec, data_dir: Path | None, folder: Pat
                         "not be evaluated; pass another folder, or --calib-holdout N to calibrate on part of it")
 
 
+def seeded_order(count: int, seed: int) -> list[int]:
+    """The permutation of ``range(count)`` that --calib-holdout and --calib-fold cut (``--seed``)."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 def holdout_split(dataset: Dataset, holdout: int, seed: int) -> tuple[Dataset, Dataset]:
     """(evaluated rest, held-out calibration images): ``holdout`` indices of a seeded permutation,
     both kept in the dataset's order."""
     if holdout >= len(dataset):
         raise UserError(f"--calib-holdout {holdout}: the evaluated set has {len(dataset)} images, so at most "
                         f"{len(dataset) - 1} can be held out for calibration")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = seeded_order(len(dataset), seed)
     return dataset.subset(sorted(order[holdout:])), dataset.subset(sorted(order[:holdout]))
 
 
 def fold_split(dataset: Dataset, part: int, parts: int, seed: int) -> tuple[Dataset, Dataset]:
     """(evaluated part, calibration rest) of k-fold cross-validation: the seeded permutation of
-    ``holdout_split`` cut into ``parts`` slices as equal as can be (the i-th is positions
+    ``seeded_order`` cut into ``parts`` slices as equal as can be (the i-th is positions
     [(i - 1) n / K, i n / K) of it), slice ``part`` (1-based) evaluated, both kept in the dataset's
     order. Over I = 1..K every image is evaluated exactly once."""
     if len(dataset) < parts:
         raise UserError(f"--calib-fold {part}/{parts}: the evaluated set has {len(dataset)} images, fewer than the "
                         f"{parts} parts; use at most {len(dataset)} parts")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = seeded_order(len(dataset), seed)
     start, stop = (part - 1) * len(dataset) // parts, part * len(dataset) // parts
     return dataset.subset(sorted(order[start:stop])), dataset.subset(sorted(order[:start] + order[stop:]))
 

@@ -98,7 +98,7 @@ def test_more_folds_than_images_and_two_choices_are_refused():
         fold_split(three, 1, 4, 0)
     with pytest.raises(UserError, match="--calib-holdout and --calib-fold both choose the calibration images"):
         CalibrationChoice(holdout=5, fold=(1, 2))
-    with pytest.raises(UserError, match="--calib-data and --calib-holdout and --calib-fold all choose"):
+    with pytest.raises(UserError, match="--calib-data, --calib-holdout and --calib-fold all choose"):
         CalibrationChoice(folder=Path("."), holdout=5, fold=(1, 2))
 
 
