@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
+
+from analysis.bench_kernels import median_seconds
 
 # (channels, input map size (padded where the stride-2 pad is explicit), filter size, stride) of Lite0
 LITE0_DEPTHWISE = [(32, 112, 3, 1), (96, 113, 3, 2), (144, 56, 3, 1), (144, 59, 5, 2), (240, 28, 5, 1),
@@ -32,16 +32,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
-
-
-def median_ms(function, repeats: int) -> float:
-    function()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
 
 
 def main(argv=None) -> int:
@@ -66,8 +56,8 @@ def main(argv=None) -> int:
             memory_format=torch.channels_last)
         weight = torch.randn(channels, 1, kernel, kernel, generator=generator)
         grad = torch.randn_like(torch.conv2d(x, weight, None, stride, padding, 1, channels))
-        pytorch = median_ms(lambda: backend.reference_depthwise_weight_grad(grad, x, *window), args.repeats)
-        ours = median_ms(lambda: torch.ops.ptq_kernels.depthwise_weight_grad(grad, x, *window), args.repeats)
+        pytorch = 1e3 * median_seconds(lambda: backend.reference_depthwise_weight_grad(grad, x, *window), args.repeats)
+        ours = 1e3 * median_seconds(lambda: torch.ops.ptq_kernels.depthwise_weight_grad(grad, x, *window), args.repeats)
         rows.append({"channels": channels, "map": size, "filter": kernel, "stride": stride,
                      "served": kernel_serves_window((kernel, kernel), (stride, stride)), "pytorch ms": pytorch,
                      "kernel ms": ours, "pytorch / kernel": pytorch / ours})

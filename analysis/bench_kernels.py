@@ -81,21 +81,23 @@ def make_cases(x, axis: int):
     }
 
 
+def median_seconds(function, repeats: int, synchronize=lambda: None) -> float:
+    """Median seconds of ``repeats`` consecutive calls of ``function`` after one warm-up call."""
+    function()
+    samples = []
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        function()
+        synchronize()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
 def time_cases(cases: dict, repeats: int, synchronize) -> dict[str, float]:
     """Median seconds per case over `repeats` consecutive calls (after one warm-up call). Cases run
     one after the other, not interleaved, so that each sees a steady allocation pattern."""
-    medians = {}
-    for name, (function, _) in cases.items():
-        function()
-        samples = []
-        for _ in range(repeats):
-            synchronize()
-            start = time.perf_counter()
-            function()
-            synchronize()
-            samples.append(time.perf_counter() - start)
-        medians[name] = statistics.median(samples)
-    return medians
+    return {name: median_seconds(function, repeats, synchronize) for name, (function, _) in cases.items()}
 
 
 def end_to_end_ratio() -> dict:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.post_training_methods import PRECISIONS
-from analysis.report import RowFailed, figures, finished_or_run, resume_message, result_path, row_argv
+from analysis.post_training_methods import PRECISIONS, row_figures, with_learning
+from analysis.report import RowFailed, finished_or_run, resume_message, result_path, row_argv
 from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script
 
 RECIPES = {f"{precision}, reconstruct block": f"{recipe} --reconstruct block" for precision, recipe in PRECISIONS.items()}
@@ -44,14 +44,8 @@ POOLED = ("top1", "top5", "agreement", "kl", "fp32_top1")
 
 def fold_argv(plan: dict, flags: str, fold: int, stats_folder) -> list[str]:
     """One fold's CLI flags; learned recipes calibrate on ``plan["learning"]``."""
-    learns = "--adaround" in flags or "--reconstruct" in flags
     data = [*plan["data"], "--calib-fold", f"{fold}/{plan['folds']}"]
-    return row_argv(plan["arch"], " ".join([flags, *([plan["learning"]] if learns else [])]), data, stats_folder)
-
-
-def fold_figures(label: str, fold: int, result: dict) -> dict:
-    return {**figures(label, result), "fold": str(fold), "fp32_top1": result["fp32_top1"],
-            "learn_seconds": result.get("rounding_seconds", 0.0)}
+    return row_argv(plan["arch"], with_learning(flags, plan["learning"].split()), data, stats_folder)
 
 
 def pooled(rows, label: str) -> dict:
@@ -99,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     except RowFailed as failure:
                         print(resume_message("cross_validated.py", failure), file=sys.stderr)
                         return 2
-                    rows.append(fold_figures(label, fold, result))
+                    rows.append(row_figures(label, result) | {"fold": str(fold)})
                 bar.update(1)
     if not rows:
         print("cross_validated.py: no fold has run yet: run without --finished-only", file=sys.stderr)

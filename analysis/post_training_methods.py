@@ -61,9 +61,14 @@ def learning(arch: str, quick: bool, steps: int | None = None) -> list[str]:
     return ["-cs", str(images), "--recon-iters", str(steps or default_steps)]
 
 
-def _row(recipe: str, flags: str, arch: str, quick: bool, steps: int | None = None) -> str:
+def with_learning(flags: str, learning_flags: list[str]) -> str:
+    """``flags``, followed by ``learning_flags`` where they learn a rounding (--adaround / --reconstruct)."""
     learns = "--adaround" in flags or "--reconstruct" in flags
-    return " ".join([recipe, *flags.split(), *(learning(arch, quick, steps) if learns else [])])
+    return " ".join([*flags.split(), *(learning_flags if learns else [])])
+
+
+def _row(recipe: str, flags: str, arch: str, quick: bool, steps: int | None = None) -> str:
+    return with_learning(f"{recipe} {flags}", learning(arch, quick, steps))
 
 
 def scaled_rows(arch: str) -> dict[str, str]:
