@@ -21,7 +21,8 @@ the seconds spent learning the rounding and the seconds of the whole run. Writes
 On fmnist_mobilenet and efficientnet_lite0 (issue 27) the table goes on with block + QDrop at fixed
 activation ranges from the calibration statistics (``-sm collect``), with the step sizes learned
 (``--learn-step-sizes``), with ``LONG_STEPS`` steps (with step sizes, and plain block reconstruction),
-at W3A3 and W2A4, and at W4A4 with ``--rectified-aciq`` (the ReLU6's output fitted and quantized, not
+at W3A3 and W2A4, with the step sizes learned at ``--step-size-lr`` 0.8 / steps (the published rate and
+steps' reach), and at W4A4 with ``--rectified-aciq`` (the ReLU6's output fitted and quantized, not
 the pre-activation the seed fits). Every row keeps the first
 conv and the classifier at 8 bits (the CLI's default, as in the published protocols).
 """
@@ -53,6 +54,8 @@ LOWER_PRECISIONS = {"W3A3": "--qtype int3 -c laplace -qw int3 -pcq_w -bcw",
                     "W2A4": "--qtype int4 -c laplace -qw int2 -pcq_w -bcw"}
 FIXED_RANGES = "--reconstruct block --qdrop 0.5 -sm collect"
 STEP_SIZES = f"{FIXED_RANGES} --learn-step-sizes"
+# The published step-size rate (4e-5) over the published 20,000 steps: how far a step size may move.
+STEP_SIZE_REACH = 4e-5 * 20_000
 # The seed fits a ReLU'd activation before its ReLU; --rectified-aciq fits (and quantizes) the ReLU6's output.
 RECTIFIED = "--rectified-aciq"
 LONG_STEPS = {"efficientnet_lite0": 1000, "fmnist_mobilenet": 1000}
@@ -74,6 +77,11 @@ def _row(recipe: str, flags: str, arch: str, quick: bool, steps: int | None = No
     return with_learning(f"{recipe} {flags}", learning(arch, quick, steps))
 
 
+def reaching(flags: str, arch: str) -> str:
+    """``flags`` with the step-size rate at which ``arch``'s steps reach as far as the published protocol's."""
+    return f"{flags} --step-size-lr {STEP_SIZE_REACH / LEARNING.get(arch, FMNIST_LEARNING)[1]:g}"
+
+
 def scaled_rows(arch: str) -> dict[str, str]:
     """{label: flags} of issue 27's rows of ``arch`` (none for the other models)."""
     if arch not in SCALED_MODELS:
@@ -81,6 +89,10 @@ def scaled_rows(arch: str) -> dict[str, str]:
     block, steps = "reconstruct block + QDrop 0.5", LONG_STEPS[arch]
     rows = {f"W4A4, {block}, fixed ranges": _row(PRECISIONS["W4A4"], FIXED_RANGES, arch, False),
             f"W4A4, {block} + step sizes": _row(PRECISIONS["W4A4"], STEP_SIZES, arch, False),
+            f"W4A4, {block} + step sizes at 0.8 / steps": _row(PRECISIONS["W4A4"], reaching(STEP_SIZES, arch), arch,
+                                                               False),
+            "W4A4, reconstruct block + step sizes at 0.8 / steps": _row(
+                PRECISIONS["W4A4"], reaching(STEP_SIZES.replace(" --qdrop 0.5", ""), arch), arch, False),
             "W4A4, nearest rounding, rectified ACIQ": f"{PRECISIONS['W4A4']} {RECTIFIED}",
             "W4A4, reconstruct block, rectified ACIQ": _row(PRECISIONS["W4A4"], f"{RECTIFIED} {METHODS['reconstruct block']}",
                                                             arch, False)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from inference.errors import UserError
+from inference.quant_flags import positive_float
 from pytorch_quantizer.api.options import DEFAULT_ROUNDING_BATCH, DEFAULT_ROUNDING_STEPS
 
 GROUP_TITLE = "after the seed: weight methods for depthwise networks"
@@ -30,8 +31,11 @@ def add_weight_method_flags(parser: argparse.ArgumentParser, positive_int) -> No
                             "learning (QDrop, Wei et al. 2022; default 0)")
     group.add_argument("--learn-step-sizes", action="store_true",
                        help="with --reconstruct block: learn the step sizes of each block's activation grids with its "
-                            "rounding (LSQ gradients, Adam at 4e-5, as BRECQ / QDrop do); needs fixed ranges (-sm "
+                            "rounding (LSQ gradients, Adam at --step-size-lr, as BRECQ / QDrop do); needs fixed ranges (-sm "
                             "collect / use or -ac); saved in the rounding file and reused with -sm use")
+    group.add_argument("--step-size-lr", type=positive_float, default=None, metavar="LR",
+                       help="Adam rate of --learn-step-sizes (default: 4e-5, BRECQ's and QDrop's for 20,000 steps per "
+                            "block; a step size moves at most about LR x steps, so 0.8 / --recon-iters reaches as far)")
     group.add_argument("--recon-iters", type=positive_int, default=None, metavar="N",
                        help=f"optimisation steps per layer / block of --adaround / --reconstruct "
                             f"(default: {DEFAULT_RECON_ITERS})")
@@ -75,6 +79,8 @@ def check_weight_method_flags(args: argparse.Namespace) -> None:
         raise UserError("--qdrop drops activation quantization while learning blocks: add --reconstruct block")
     if args.learn_step_sizes and not args.reconstruct:
         raise UserError("--learn-step-sizes learns activation step sizes block by block: add --reconstruct block")
+    if args.step_size_lr is not None and not args.learn_step_sizes:
+        raise UserError("--step-size-lr is the learning rate of learned step sizes: add --learn-step-sizes")
     if args.learn_step_sizes and not (args.sm in ("collect", "use") or args.ac):
         raise UserError("--learn-step-sizes learns the step sizes of fixed activation ranges: add -sm collect, "
                         "-sm use or -ac")

@@ -188,6 +188,10 @@ def test_block_reconstruction_with_qdrop_saves_and_reloads(run_cli, tmp_path):
     (["--qtype", "int4", "--qdrop", "0.5"], "--qdrop drops activation quantization while learning blocks"),
     (["--qtype", "int4", "--adaround", "--reconstruct", "block"], "--adaround learns layer by layer and"),
     (["--qtype", "int4", "--reconstruct", "block", "--qdrop", "1.5"], "is not a probability in [0, 1)"),
+    (["--qtype", "int4", "--reconstruct", "block", "--step-size-lr", "1e-3"],
+     "--step-size-lr is the learning rate of learned step sizes: add --learn-step-sizes"),
+    (["--qtype", "int4", "--reconstruct", "block", "--learn-step-sizes", "-sm", "collect", "--step-size-lr", "0"],
+     "argument --step-size-lr: must be a positive number, got 0"),
 ])
 def test_reconstruction_refusals_exit_2_with_one_line(run_cli, argv, message):
     code, _, err = run_cli("-a", "fmnist_mobilenet", *argv)

@@ -61,6 +61,24 @@ def test_a_small_cnn_of_our_own_at_w8a8_static_and_w4a8_block_reconstruction(sma
     assert torch.equal(pq.load(fresh_copy(small_cnn), tmp_path / "small.w4a8.pt")(test), block(test))
 
 
+def test_learned_step_sizes_move_at_the_chosen_adam_rate(small_cnn):
+    """Adam moves a parameter by about its rate per step (at most ~3x, (1 - beta1) / sqrt(1 - beta2)):
+    the published 4e-5 keeps 10 steps' moves within 1.3e-3, a rate of 1e-2 goes beyond."""
+    calibration = [images(16, 32, seed) for seed in range(2)]
+    w4a4 = pq.QuantConfig(weights=pq.TensorQuantSpec(4, per_channel=True), activations=pq.TensorQuantSpec(4))
+
+    def scales(step_size_lr):
+        methods = pq.Methods(rounding="block", rounding_steps=10, rounding_batch=16, learn_step_sizes=True,
+                             step_size_lr=step_size_lr)
+        return pq.quantize(small_cnn, w4a4, calibration=calibration, methods=methods).state.activation_scales
+
+    start, published, fast = scales(1e-12), scales(None), scales(1e-2)
+    assert start and start.keys() == published.keys() == fast.keys()
+    moved = {name: max(float((run[name] - start[name]).abs().max()) for name in start) for name, run in
+             (("published", published), ("fast", fast))}
+    assert moved["published"] <= 3.2 * 4e-5 * 10 < moved["fast"]
+
+
 def test_loading_into_other_weights_or_with_another_recipe_is_refused(small_cnn, tmp_path):
     config = pq.QuantConfig(weights=pq.TensorQuantSpec(4, per_channel=True), activations=pq.TensorQuantSpec(8))
     path = pq.save(pq.quantize(small_cnn, config, calibration=[images(8, 32, 1)]), tmp_path / "q.pt")
@@ -143,6 +161,8 @@ def test_mobilenet_v3_small_with_random_weights(mobilenet, tmp_path):
     (lambda: pq.QuantConfig(activations=pq.TensorQuantSpec(4, kind=pq.WeightKind.APOT, per_channel=True),
                             act_quant_point=pq.ActQuantPoint.INPUT), "set activations.per_channel=False"),
     (lambda: pq.Methods(qdrop=0.5), "rounding='block'"),
+    (lambda: pq.Methods(rounding="block", step_size_lr=1e-3), "set learn_step_sizes=True"),
+    (lambda: pq.Methods(rounding="block", learn_step_sizes=True, step_size_lr=0.0), "must be positive, got 0.0"),
     (lambda: pq.Methods(rounding="learned"), "Methods.rounding 'learned'"),
     (lambda: pq.quantize(nn.Linear(4, 2), pq.QuantConfig(weights=pq.TensorQuantSpec(8))), "calibration="),
     (lambda: pq.quantize(nn.Linear(4, 2), pq.QuantConfig(weights=pq.TensorQuantSpec(8, kind=pq.WeightKind.APOT)),

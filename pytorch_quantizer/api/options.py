@@ -30,7 +30,9 @@ class Methods:
     ``qdrop``: with block rounding, the probability that an activation element stays float while
     learning (QDrop, Wei et al. 2022); ``learn_step_sizes``: with block rounding, the step sizes of
     the block's activation grids (fixed by calibration statistics) learned with its rounding, by LSQ
-    gradients, as BRECQ and QDrop do; ``rounding_groups``: each step's gradient summed over that many
+    gradients, as BRECQ and QDrop do, with Adam at ``step_size_lr`` (None: their 4e-5, set for 20,000
+    steps per block; with fewer steps a step size moves at most about ``step_size_lr`` x steps, so
+    the same reach at N steps is 0.8 / N); ``rounding_groups``: each step's gradient summed over that many
     groups of calibration batches (batch k in group k mod G), one pass per group, so that the rounding
     learned under torchrun is that of one process with the same groups (``methods.grouped_steps``;
     None: one pass per step, or one group per process under torchrun). ``qat_epochs``:
@@ -42,6 +44,7 @@ class Methods:
     rounding: Rounding | str = Rounding.NEAREST
     qdrop: float = 0.0
     learn_step_sizes: bool = False
+    step_size_lr: float | None = None
     rounding_steps: int = DEFAULT_ROUNDING_STEPS
     rounding_batch: int = DEFAULT_ROUNDING_BATCH
     rounding_groups: int | None = None
@@ -62,6 +65,12 @@ class Methods:
         if self.learn_step_sizes and self.rounding != Rounding.BLOCK:
             raise QuantizationError("Methods.learn_step_sizes learns activation step sizes block by block: set "
                                     "rounding='block'", code="step_sizes_without_block", field="learn_step_sizes")
+        if self.step_size_lr is not None and not (isinstance(self.step_size_lr, (int, float)) and self.step_size_lr > 0):
+            raise QuantizationError(f"Methods.step_size_lr must be positive, got {self.step_size_lr!r}",
+                                    field="step_size_lr")
+        if self.step_size_lr is not None and not self.learn_step_sizes:
+            raise QuantizationError("Methods.step_size_lr is the learning rate of learned step sizes: set "
+                                    "learn_step_sizes=True", code="step_size_lr_without_learning", field="step_size_lr")
         for name in ("rounding_steps", "rounding_batch"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise QuantizationError(f"Methods.{name} must be a positive integer, got {getattr(self, name)!r}",

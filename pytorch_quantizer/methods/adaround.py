@@ -110,7 +110,7 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
                          inputs: torch.Tensor, targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
                          regularisation: float = REGULARISATION, learning_mode: Callable = nullcontext,
                          share: DataShare | None = None, step_sizes: list[torch.Tensor] | None = None,
-                         correction: Callable | None = None) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
+                         step_size_lr: float | None = None, correction: Callable | None = None) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
     """Learn the roundings of several float ``weights`` together: ``output(rounded weights, inputs)``
     is the layer or block computed with them, fitted to ``targets`` (its float output on float
     inputs) from ``inputs`` (its inputs in the quantized model). ``learning_mode()`` is entered for
@@ -119,7 +119,7 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
     over the images of every process (``grouped_steps``): every process learns the rounding of one
     process with the same groups. ``step_sizes``
     (tensors requiring gradients, used by ``output`` inside ``learning_mode``) are learned alongside
-    with Adam at ``STEP_SIZE_LEARNING_RATE``. ``correction(float weight, rounded weight)`` is what the
+    with Adam at ``step_size_lr`` (None: ``STEP_SIZE_LEARNING_RATE``). ``correction(float weight, rounded weight)`` is what the
     model does to a rounded weight (``weights.weight_correction``: -bcw's mean correction), applied to
     the soft and the hard roundings alike. Returns each weight's result (the errors are those of the
     whole output) and the loss of every step."""
@@ -128,7 +128,7 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
     logits = {name: initial_logits(weight, grids[name]).requires_grad_(True) for name, weight in weights.items()}
     optimisers = [torch.optim.Adam(list(logits.values()), lr=LEARNING_RATE)]
     if step_sizes:
-        optimisers.append(torch.optim.Adam(step_sizes, lr=STEP_SIZE_LEARNING_RATE))
+        optimisers.append(torch.optim.Adam(step_sizes, lr=step_size_lr or STEP_SIZE_LEARNING_RATE))
     generator = torch.Generator().manual_seed(seed)
     total = share.total if share is not None else len(inputs)
     positions = targets[0].numel() // targets.shape[1]

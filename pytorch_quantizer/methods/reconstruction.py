@@ -39,6 +39,7 @@ class RoundingOptions:
     seed: int = 0
     drop: float = 0.0   # QDrop probability inside blocks
     step_sizes: bool = False   # learn the block's activation step sizes with its rounding (LSQ)
+    step_size_lr: float | None = None   # their Adam rate (None: adaround.STEP_SIZE_LEARNING_RATE)
 
 
 def model_blocks(model: nn.Module, layers: list[str]) -> dict[str, list[str]]:
@@ -314,7 +315,8 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
                 learned, _ = adaround.learn_soft_roundings(
                     weights, grids, block_output, inputs, targets, options.iterations, options.batch, options.seed,
                     learning_mode=lambda: quantized.learning.straight_through(options.drop, options.seed), share=share,
-                    step_sizes=list(scales.values()), correction=weight_correction(quantized.config))
+                    step_sizes=list(scales.values()), step_size_lr=options.step_size_lr,
+                    correction=weight_correction(quantized.config))
         finally:
             quantized.learning.scales = {}
         quantized.use_activation_scales(scales)
