@@ -43,6 +43,21 @@ def test_learned_rounding_is_within_one_step_and_lowers_the_output_error():
     assert result.learned_error < result.nearest_error
 
 
+def test_step_sizes_are_learned_at_a_cosine_annealed_rate():
+    """Under a gradient of steady sign and size Adam moves a parameter by its rate each step; annealed
+    along lr (1 + cos(pi t / T)) / 2 as BRECQ / QDrop do, T steps move it by lr (T + 1) / 2 in all,
+    half of what the constant rate would."""
+    conv, weight, grid, inputs, targets = conv_case()
+    gain = torch.tensor(1.0, requires_grad=True)   # the output should be 3x: d loss / d gain keeps its sign
+
+    def output(values, batch):
+        return gain * adaround.layer_output(conv, values["weight"], batch)
+
+    adaround.learn_soft_roundings({"weight": weight}, {"weight": grid}, output, inputs, 3 * targets, iterations=50,
+                                  batch=32, step_sizes=[gain], step_size_lr=1e-3)
+    assert float(gain.detach()) - 1.0 == pytest.approx(1e-3 * 51 / 2, rel=0.05)
+
+
 def test_with_the_weight_correction_the_learner_fits_the_weights_the_model_evaluates():
     """-bcw moves every quantized channel's mean back to the float one; the learner fits (and
     reports the error of) the corrected weights, which is what the model computes with."""

@@ -34,7 +34,7 @@ def test_full_plan_has_every_method_at_both_precisions_with_learning_settings():
     from analysis import post_training_methods
 
     rows = post_training_methods.planned_rows("efficientnet_lite0", quick=False)
-    assert len(rows) == 20 and len(post_training_methods.planned_rows("efficientnet_lite1", quick=False)) == 10
+    assert len(rows) == 24 and len(post_training_methods.planned_rows("efficientnet_lite1", quick=False)) == 10
     assert rows["W4A4, reconstruct block + QDrop 0.5"].endswith("--qdrop 0.5 -cs 100 --recon-iters 200")
     assert "-cs" not in rows["W4A8, equalize"]
     assert "--recon-iters 500" in post_training_methods.planned_rows("fmnist_resnet20", quick=False)["W4A8, adaround"]
@@ -54,6 +54,9 @@ def test_issue_27_rows_pass_the_cli_checks(arch, tmp_path):
         "--learn-step-sizes -cs " + ("100" if arch.startswith("efficientnet") else "256") + " --recon-iters 1000")
     assert rows["W4A8, reconstruct block, 1000 steps"].endswith("--reconstruct block -cs " + (
         "100" if arch.startswith("efficientnet") else "256") + " --recon-iters 1000")
+    steps = 200 if arch.startswith("efficientnet") else 500
+    assert f"--step-size-lr {0.8 / steps:g} -cs" in rows["W4A4, reconstruct block + step sizes at 0.8 / steps"]
+    assert "--qdrop" not in rows["W4A4, reconstruct block + step sizes at 0.8 / steps"]
     assert "-qw int2" in rows["W2A4, nearest rounding"] and "--qtype int3" in rows["W3A3, nearest rounding"]
     for flags in rows.values():
         spec, config = validate(build_parser().parse_args(row_argv(arch, flags, ["-b", "50"], tmp_path)))

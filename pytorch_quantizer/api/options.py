@@ -30,9 +30,9 @@ class Methods:
     ``qdrop``: with block rounding, the probability that an activation element stays float while
     learning (QDrop, Wei et al. 2022); ``learn_step_sizes``: with block rounding, the step sizes of
     the block's activation grids (fixed by calibration statistics) learned with its rounding, by LSQ
-    gradients, as BRECQ and QDrop do, with Adam at ``step_size_lr`` (None: their 4e-5, set for 20,000
-    steps per block; with fewer steps a step size moves at most about ``step_size_lr`` x steps, so
-    the same reach at N steps is 0.8 / N); ``rounding_groups``: each step's gradient summed over that many
+    gradients, as BRECQ and QDrop do, with Adam at ``step_size_lr`` annealed along a cosine (None: their 4e-5, set
+    for 20,000 steps per block; with fewer steps a step size moves at most about ``step_size_lr`` x
+    steps / 2, so the same reach at N steps is 0.8 / N); ``rounding_groups``: each step's gradient summed over that many
     groups of calibration batches (batch k in group k mod G), one pass per group, so that the rounding
     learned under torchrun is that of one process with the same groups (``methods.grouped_steps``;
     None: one pass per step, or one group per process under torchrun). ``qat_epochs``:

@@ -119,7 +119,8 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
     over the images of every process (``grouped_steps``): every process learns the rounding of one
     process with the same groups. ``step_sizes``
     (tensors requiring gradients, used by ``output`` inside ``learning_mode``) are learned alongside
-    with Adam at ``step_size_lr`` (None: ``STEP_SIZE_LEARNING_RATE``). ``correction(float weight, rounded weight)`` is what the
+    with Adam at ``step_size_lr`` (None: ``STEP_SIZE_LEARNING_RATE``), annealed to 0 over the steps
+    along a cosine (lr_t = lr (1 + cos(pi t / iterations)) / 2), as BRECQ and QDrop do. ``correction(float weight, rounded weight)`` is what the
     model does to a rounded weight (``weights.weight_correction``: -bcw's mean correction), applied to
     the soft and the hard roundings alike. Returns each weight's result (the errors are those of the
     whole output) and the loss of every step."""
@@ -127,8 +128,10 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
     inputs, targets = learning_layout(inputs), learning_layout(targets)
     logits = {name: initial_logits(weight, grids[name]).requires_grad_(True) for name, weight in weights.items()}
     optimisers = [torch.optim.Adam(list(logits.values()), lr=LEARNING_RATE)]
+    schedules = []
     if step_sizes:
         optimisers.append(torch.optim.Adam(step_sizes, lr=step_size_lr or STEP_SIZE_LEARNING_RATE))
+        schedules.append(torch.optim.lr_scheduler.CosineAnnealingLR(optimisers[-1], T_max=iterations, eta_min=0.0))
     generator = torch.Generator().manual_seed(seed)
     total = share.total if share is not None else len(inputs)
     positions = targets[0].numel() // targets.shape[1]
@@ -166,6 +169,8 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
                                             positions, before_group))
             for optimiser in optimisers:
                 optimiser.step()
+            for schedule in schedules:
+                schedule.step()
     ups = {name: (value.detach() >= 0).float() for name, value in logits.items()}
     nearest = {name: nearest_rounding(weight, grids[name]) for name, weight in weights.items()}
     nearest_error = output_error(output, rounded(nearest), inputs, targets, batch, share)
