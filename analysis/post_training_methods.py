@@ -54,6 +54,7 @@ LOWER_PRECISIONS = {"W3A3": "--qtype int3 -c laplace -qw int3 -pcq_w -bcw",
                     "W2A4": "--qtype int4 -c laplace -qw int2 -pcq_w -bcw"}
 FIXED_RANGES = "--reconstruct block --qdrop 0.5 -sm collect"
 STEP_SIZES = f"{FIXED_RANGES} --learn-step-sizes"
+STEP_SIZES_WITHOUT_QDROP = "--reconstruct block -sm collect --learn-step-sizes"
 # The published step-size rate (4e-5) over the published 20,000 steps: how far a step size may move.
 STEP_SIZE_REACH = 4e-5 * 20_000
 # The seed fits a ReLU'd activation before its ReLU; --rectified-aciq fits (and quantizes) the ReLU6's output.
@@ -92,10 +93,10 @@ def scaled_rows(arch: str) -> dict[str, str]:
             f"W4A4, {block} + step sizes at 0.8 / steps": _row(PRECISIONS["W4A4"], reaching(STEP_SIZES, arch), arch,
                                                                False),
             "W4A4, reconstruct block + step sizes at 0.8 / steps": _row(
-                PRECISIONS["W4A4"], reaching(STEP_SIZES.replace(" --qdrop 0.5", ""), arch), arch, False),
+                PRECISIONS["W4A4"], reaching(STEP_SIZES_WITHOUT_QDROP, arch), arch, False),
             "W4A4, nearest rounding, rectified ACIQ": f"{PRECISIONS['W4A4']} {RECTIFIED}",
-            "W4A4, reconstruct block, rectified ACIQ": _row(PRECISIONS["W4A4"], f"{RECTIFIED} {METHODS['reconstruct block']}",
-                                                            arch, False)}
+            "W4A4, reconstruct block, rectified ACIQ": _row(
+                PRECISIONS["W4A4"], f"{RECTIFIED} {METHODS['reconstruct block']}", arch, False)}
     for precision in PRECISIONS:
         rows[f"{precision}, {block} + step sizes, {steps} steps"] = _row(PRECISIONS[precision], STEP_SIZES, arch,
                                                                          False, steps)

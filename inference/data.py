@@ -10,7 +10,8 @@ Calibration images (``-sm collect``, ``-ac``, ``-bca``) come from, in order of p
 ``--calib-holdout N`` (N seeded images of the evaluated set, which then evaluates the rest),
 ``--calib-fold I/K`` (k-fold cross-validation: part I of K seeded parts of the evaluated set is
 evaluated, the other K - 1 calibrate), the dataset's own disjoint split (Fashion-MNIST train,
-ImageNet ``DIR/train``), and as a last resort the evaluated images themselves, which ``CalibrationSet.overlaps_eval`` records and callers report.
+ImageNet ``DIR/train``), and as a last resort the evaluated images themselves, which
+``CalibrationSet.overlaps_eval`` records and callers report.
 """
 from __future__ import annotations
 

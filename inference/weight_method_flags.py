@@ -36,7 +36,8 @@ def add_weight_method_flags(parser: argparse.ArgumentParser, positive_int) -> No
                             "with -sm use")
     group.add_argument("--step-size-lr", type=positive_float, default=None, metavar="LR",
                        help="Adam rate of --learn-step-sizes (default: 4e-5, BRECQ's and QDrop's for 20,000 steps per "
-                            "block; a step size moves at most about LR x steps / 2, so 0.8 / --recon-iters reaches as far)")
+                            "block; a step size moves at most about LR x steps / 2, so 0.8 / --recon-iters reaches as "
+                            "far)")
     group.add_argument("--recon-iters", type=positive_int, default=None, metavar="N",
                        help=f"optimisation steps per layer / block of --adaround / --reconstruct "
                             f"(default: {DEFAULT_RECON_ITERS})")

@@ -30,10 +30,10 @@ class Methods:
     ``qdrop``: with block rounding, the probability that an activation element stays float while
     learning (QDrop, Wei et al. 2022); ``learn_step_sizes``: with block rounding, the step sizes of
     the block's activation grids (fixed by calibration statistics) learned with its rounding, by LSQ
-    gradients, as BRECQ and QDrop do, with Adam at ``step_size_lr`` annealed along a cosine (None: their 4e-5, set
-    for 20,000 steps per block; with fewer steps a step size moves at most about ``step_size_lr`` x
-    steps / 2, so the same reach at N steps is 0.8 / N); ``rounding_groups``: each step's gradient summed over that many
-    groups of calibration batches (batch k in group k mod G), one pass per group, so that the rounding
+    gradients, as BRECQ and QDrop do, with Adam at ``step_size_lr`` annealed along a cosine (None:
+    their 4e-5, set for 20,000 steps per block; with fewer steps a step size moves at most about
+    ``step_size_lr`` x steps / 2, so the same reach at N steps is 0.8 / N); ``rounding_groups``: each
+    step's gradient summed over that many groups of calibration batches (batch k in group k mod G), one pass per group, so that the rounding
     learned under torchrun is that of one process with the same groups (``methods.grouped_steps``;
     None: one pass per step, or one group per process under torchrun). ``qat_epochs``:
     quantization-aware fine-tuning of the other seeds' kinds (STE) on labelled training batches at
@@ -65,7 +65,8 @@ class Methods:
         if self.learn_step_sizes and self.rounding != Rounding.BLOCK:
             raise QuantizationError("Methods.learn_step_sizes learns activation step sizes block by block: set "
                                     "rounding='block'", code="step_sizes_without_block", field="learn_step_sizes")
-        if self.step_size_lr is not None and not (isinstance(self.step_size_lr, (int, float)) and self.step_size_lr > 0):
+        if self.step_size_lr is not None and not (isinstance(self.step_size_lr, (int, float))
+                                                  and self.step_size_lr > 0):
             raise QuantizationError(f"Methods.step_size_lr must be positive, got {self.step_size_lr!r}",
                                     field="step_size_lr")
         if self.step_size_lr is not None and not self.learn_step_sizes:

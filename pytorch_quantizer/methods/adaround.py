@@ -110,7 +110,8 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
                          inputs: torch.Tensor, targets: torch.Tensor, iterations: int, batch: int, seed: int = 0,
                          regularisation: float = REGULARISATION, learning_mode: Callable = nullcontext,
                          share: DataShare | None = None, step_sizes: list[torch.Tensor] | None = None,
-                         step_size_lr: float | None = None, correction: Callable | None = None) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
+                         step_size_lr: float | None = None, correction: Callable | None = None
+                         ) -> tuple[dict[str, RoundingResult], tuple[float, ...]]:
     """Learn the roundings of several float ``weights`` together: ``output(rounded weights, inputs)``
     is the layer or block computed with them, fitted to ``targets`` (its float output on float
     inputs) from ``inputs`` (its inputs in the quantized model). ``learning_mode()`` is entered for
@@ -120,8 +121,8 @@ def learn_soft_roundings(weights: dict[str, torch.Tensor], grids: dict[str, Grid
     process with the same groups. ``step_sizes``
     (tensors requiring gradients, used by ``output`` inside ``learning_mode``) are learned alongside
     with Adam at ``step_size_lr`` (None: ``STEP_SIZE_LEARNING_RATE``), annealed to 0 over the steps
-    along a cosine (lr_t = lr (1 + cos(pi t / iterations)) / 2), as BRECQ and QDrop do. ``correction(float weight, rounded weight)`` is what the
-    model does to a rounded weight (``weights.weight_correction``: -bcw's mean correction), applied to
+    along a cosine (lr_t = lr (1 + cos(pi t / iterations)) / 2), as BRECQ and QDrop do.
+    ``correction(float weight, rounded weight)`` is what the model does to a rounded weight (``weights.weight_correction``: -bcw's mean correction), applied to
     the soft and the hard roundings alike. Returns each weight's result (the errors are those of the
     whole output) and the loss of every step."""
     weights = {name: weight.detach() for name, weight in weights.items()}
