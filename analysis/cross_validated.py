@@ -48,6 +48,30 @@ def fold_argv(plan: dict, flags: str, fold: int, stats_folder) -> list[str]:
     return row_argv(plan["arch"], with_learning(flags, plan["learning"].split()), data, stats_folder)
 
 
+def fold_rows(plan: dict, recipes: dict[str, str], folds, args, script: str) -> list[dict] | int:
+    """Run (or reuse) each recipe on each of ``folds`` of ``plan``, resumable, with a progress bar;
+    the rows' figures, or 2 after printing why a row failed."""
+    from tqdm import tqdm
+
+    folds = list(folds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    arch, rows = plan["arch"], []
+    with tqdm(total=len(recipes) * len(folds), desc=f"{script} folds", unit="fold") as bar:
+        for label, flags in recipes.items():
+            for fold in folds:
+                argv_fold = fold_argv(plan, flags, fold, args.out / arch / "statistics" / f"fold{fold}")
+                path = result_path(args.out, arch, f"{label} fold {fold}", argv_fold)
+                if path.exists() or not args.finished_only:
+                    try:
+                        result = finished_or_run(path, argv_fold, args.experiment, args.mlflow_uri)
+                    except RowFailed as failure:
+                        print(resume_message(script, failure), file=sys.stderr)
+                        return 2
+                    rows.append(row_figures(label, result) | {"fold": str(fold)})
+                bar.update(1)
+    return rows
+
+
 def pooled(rows, label: str) -> dict:
     """The image-weighted means of ``POOLED`` over ``rows`` (a frame of folds), learning seconds summed."""
     weights = rows["images"] / rows["images"].sum()
@@ -70,7 +94,6 @@ def table(frame, folds: int):
 
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
-    from tqdm import tqdm
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     args, command = parse_row_script(parser, "cross_validated", "cross-validated",
@@ -80,25 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cross_validated.py: error: {DEVELOPMENT_PHOTOS} does not exist (it lies beside the repository as "
               "../shared); the cross-validated rows need the 500 development photos, or run --quick", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    arch, rows = plan["arch"], []
-    with tqdm(total=len(recipes) * plan["folds"], desc="cross-validated folds", unit="fold") as bar:
-        for label, flags in recipes.items():
-            for fold in range(1, plan["folds"] + 1):
-                argv_fold = fold_argv(plan, flags, fold, args.out / arch / "statistics" / f"fold{fold}")
-                path = result_path(args.out, arch, f"{label} fold {fold}", argv_fold)
-                if path.exists() or not args.finished_only:
-                    try:
-                        result = finished_or_run(path, argv_fold, args.experiment, args.mlflow_uri)
-                    except RowFailed as failure:
-                        print(resume_message("cross_validated.py", failure), file=sys.stderr)
-                        return 2
-                    rows.append(row_figures(label, result) | {"fold": str(fold)})
-                bar.update(1)
+    rows = fold_rows(plan, recipes, range(1, plan["folds"] + 1), args, "cross_validated.py")
+    if isinstance(rows, int):
+        return rows
     if not rows:
         print("cross_validated.py: no fold has run yet: run without --finished-only", file=sys.stderr)
         return 2
-    frame = table(pd.DataFrame(rows), plan["folds"])
+    arch, frame = plan["arch"], table(pd.DataFrame(rows), plan["folds"])
     columns = ["recipe", "fold", "images", "top1", "agreement", "kl", "fp32_top1", "learn_seconds", "seconds"]
     text = (f"### {arch}, {plan['folds']}-fold cross-validation\n\n{plan['source']}; learned with "
             f"`{plan['learning']}`; produced by `{command}`. Pooled rows: image-weighted means, seconds summed.\n\n"
