@@ -2,7 +2,7 @@
 before any of them reaches the 400 evaluated ones (issue 27), each one mlflow run (experiment
 ``fold-one-variants``), resumable like ``report.py``.
 
-    python analysis/fold_one_variants.py           # Lite0, four W4A4 recipes on part 1 (about 20 minutes on 2 cores)
+    python analysis/fold_one_variants.py           # Lite0, four W4A4 recipes and three W8A4 references on part 1 (23 minutes)
     python analysis/fold_one_variants.py --quick   # fmnist_mobilenet, 100 test images, 10 learning steps (tests)
 
 Every variant tried on the 400 evaluated photos adds a comparison chosen on them, and one standard
@@ -13,7 +13,8 @@ by a rounding learned on 100 of the other 400 (``-cs 100 --recon-iters 200``, th
 amounts). No label of the 400 enters the comparison. The photos run in two batches of 50 because
 the W4A4 recipes take their activation ranges from each evaluated batch (the seed's way). The
 judge is the KL to FP32 and the agreement with it, steadier than top-1 on 100 photos (one standard
-error about 3 points). Writes ``<out>/<model>.md`` and ``<out>/fold_one_variants.csv``.
+error about 3 points). Three reference rows give the same 4-bit activations with 8-bit weights
+rounded to nearest: what the activations alone cost. Writes ``<out>/<model>.md`` and ``<out>/fold_one_variants.csv``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ VARIANTS = {"W4A4, reconstruct block": BLOCK,
             "+ activation bias correction folded after learning (-bca --bca-folded)": f"{BLOCK} -bca --bca-folded",
             "+ weight ranges of least squared error (--weight-clipping mse)": f"{BLOCK} --weight-clipping mse",
             "+ the seed's activation bias correction, fixed ranges (-bca -sm collect)": f"{BLOCK} -bca -sm collect"}
+# What the same 4-bit activations cost with 8-bit weights rounded to nearest: how much of the W4A4
+# row's loss is left to its activations.
+W8A4 = "--qtype int4 -c laplace -qw int8 -pcq_w -bcw"
+VARIANTS |= {"reference: W8A4, nearest rounding": W8A4,
+             "reference: W8A4, nearest rounding, fixed ranges (-sm collect)": f"{W8A4} -sm collect -cs 100",
+             "reference: W8A4, nearest rounding, the seed's -bca, fixed ranges": f"{W8A4} -bca -sm collect -cs 100"}
 FULL = {"arch": "efficientnet_lite0", "folds": 5, "learning": "-cs 100 --recon-iters 200",
         "data": ["--data", str(DEVELOPMENT_PHOTOS), "-b", "50"],
         "source": "Part 1 of the 500 ImageNet development photos cut into 5 seeded parts (seed 0): the 100 photos "

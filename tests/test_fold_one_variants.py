@@ -43,6 +43,8 @@ def test_full_plan_evaluates_part_one_learned_on_100_photos_and_passes_the_cli_c
     for flags in VARIANTS.values():
         argv = fold_argv(FULL, flags, 1, tmp_path)
         text = " ".join(argv)
-        assert "-b 50 --calib-fold 1/5" in text and text.endswith("-cs 100 --recon-iters 200 --compare-fp32")
+        assert "-b 50 --calib-fold 1/5" in text
+        assert text.endswith("-cs 100 --recon-iters 200 --compare-fp32" if "--reconstruct" in flags else
+                             "-cs 100 --compare-fp32" if "-sm collect" in flags else "-bcw --compare-fp32")
         spec, config = validate(build_parser().parse_args(argv))
         assert config is not None
