@@ -72,6 +72,17 @@ def fold_rows(plan: dict, recipes: dict[str, str], folds, args, script: str) -> 
     return rows
 
 
+def write_table(out, plan: dict, heading: str, command: str, note: str, frame, columns: list[str],
+                csv_name: str) -> str:
+    """Write ``frame`` as ``<out>/<arch>.md`` (``columns``, under the heading, the plan's source and
+    ``command``) and ``<out>/<csv_name>``; returns the markdown."""
+    text = (f"### {plan['arch']}, {heading}\n\n{plan['source']}; learned with `{plan['learning']}`; produced by "
+            f"`{command}`. {note}\n\n" + frame[columns].to_markdown(index=False, floatfmt=".2f") + "\n")
+    (out / f"{plan['arch']}.md").write_text(text)
+    frame.to_csv(out / csv_name, index=False)
+    return text
+
+
 def pooled(rows, label: str) -> dict:
     """The image-weighted means of ``POOLED`` over ``rows`` (a frame of folds), learning seconds summed."""
     weights = rows["images"] / rows["images"].sum()
@@ -109,14 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print("cross_validated.py: no fold has run yet: run without --finished-only", file=sys.stderr)
         return 2
-    arch, frame = plan["arch"], table(pd.DataFrame(rows), plan["folds"])
     columns = ["recipe", "fold", "images", "top1", "agreement", "kl", "fp32_top1", "learn_seconds", "seconds"]
-    text = (f"### {arch}, {plan['folds']}-fold cross-validation\n\n{plan['source']}; learned with "
-            f"`{plan['learning']}`; produced by `{command}`. Pooled rows: image-weighted means, seconds summed.\n\n"
-            + frame[columns].to_markdown(index=False, floatfmt=".2f") + "\n")
-    (args.out / f"{arch}.md").write_text(text)
-    frame.to_csv(args.out / "cross_validated.csv", index=False)
-    print(text)
+    print(write_table(args.out, plan, f"{plan['folds']}-fold cross-validation", command,
+                      "Pooled rows: image-weighted means, seconds summed.", table(pd.DataFrame(rows), plan["folds"]),
+                      columns, "cross_validated.csv"))
     return 0
 
 

@@ -2,7 +2,7 @@
 before any of them reaches the 400 evaluated ones (issue 27), each one mlflow run (experiment
 ``fold-one-variants``), resumable like ``report.py``.
 
-    python analysis/fold_one_variants.py           # Lite0, four W4A4 recipes and three W8A4 references on part 1 (23 minutes)
+    python analysis/fold_one_variants.py           # Lite0: four W4A4 recipes, three W8A4 references (23 minutes)
     python analysis/fold_one_variants.py --quick   # fmnist_mobilenet, 100 test images, 10 learning steps (tests)
 
 Every variant tried on the 400 evaluated photos adds a comparison chosen on them, and one standard
@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.cross_validated import fold_rows
+from analysis.cross_validated import fold_rows, write_table
 from analysis.post_training_methods import PRECISIONS
 from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script
 
@@ -73,16 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if not rows or rows[0]["recipe"] != next(iter(variants)):
         print("fold_one_variants.py: the baseline has not run yet: run without --finished-only", file=sys.stderr)
         return 2
-    frame = with_baseline(pd.DataFrame(rows))
     columns = ["recipe", "images", "top1", "agreement", "kl", "kl_change", "agreement_change", "fp32_top1",
                "learn_seconds"]
-    arch = plan["arch"]
-    text = (f"### {arch}, variants on the held-out photos\n\n{plan['source']}; learned with `{plan['learning']}`; "
-            f"produced by `{command}`. Changes are against the first row.\n\n"
-            + frame[columns].to_markdown(index=False, floatfmt=".2f") + "\n")
-    (args.out / f"{arch}.md").write_text(text)
-    frame.to_csv(args.out / "fold_one_variants.csv", index=False)
-    print(text)
+    print(write_table(args.out, plan, "variants on the held-out photos", command, "Changes are against the first row.",
+                      with_baseline(pd.DataFrame(rows)), columns, "fold_one_variants.csv"))
     return 0
 
 
