@@ -31,7 +31,7 @@ RECIPES = {f"{precision}, reconstruct block": f"{recipe} --reconstruct block" fo
 # Added after the two rows above had run: the published W4A4 recipe (QDrop 0.5, as in post_training_methods).
 RECIPES["W4A4, reconstruct block + QDrop 0.5"] = f"{PRECISIONS['W4A4']} --reconstruct block --qdrop 0.5"
 FULL = {"arch": "efficientnet_lite0", "folds": 5, "learning": "-cs 400 --recon-iters 200",
-        "data": ["--data", str(DEVELOPMENT_PHOTOS), "-b", "64"],
+        "data": ["--data", str(DEVELOPMENT_PHOTOS), "-b", "64"], "photos": DEVELOPMENT_PHOTOS,
         "source": "The 500 ImageNet development photos cut into 5 seeded parts of 100 (seed 0); fold I evaluates "
                   "part I with the rounding learned on the other 400 photos. Part 1 is the 100 photos that "
                   "`--calib-holdout 100` holds out elsewhere, so folds 2-5 evaluate the other tables' 400 photos"}
@@ -50,9 +50,15 @@ def fold_argv(plan: dict, flags: str, fold: int, stats_folder) -> list[str]:
 
 def fold_rows(plan: dict, recipes: dict[str, str], folds, args, script: str) -> list[dict] | int:
     """Run (or reuse) each recipe on each of ``folds`` of ``plan``, resumable, with a progress bar;
-    the rows' figures, or 2 after printing why a row failed."""
+    the rows' figures, or 2 after printing why a row failed or that the plan's ``photos`` are missing
+    (then before anything is written)."""
     from tqdm import tqdm
 
+    photos = plan.get("photos")
+    if photos is not None and not photos.is_dir():
+        print(f"{script}: error: {photos} does not exist (it lies beside the repository as ../shared); these "
+              "rows need the development photos, or run --quick", file=sys.stderr)
+        return 2
     folds = list(folds)
     args.out.mkdir(parents=True, exist_ok=True)
     arch, rows = plan["arch"], []
@@ -110,10 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     args, command = parse_row_script(parser, "cross_validated", "cross-validated",
                                      "fmnist_mobilenet, 2 folds of 100 test images, 10 learning steps", argv)
     plan, recipes = (QUICK, QUICK_RECIPES) if args.quick else (FULL, RECIPES)
-    if not args.quick and not DEVELOPMENT_PHOTOS.is_dir():
-        print(f"cross_validated.py: error: {DEVELOPMENT_PHOTOS} does not exist (it lies beside the repository as "
-              "../shared); the cross-validated rows need the 500 development photos, or run --quick", file=sys.stderr)
-        return 2
     rows = fold_rows(plan, recipes, range(1, plan["folds"] + 1), args, "cross_validated.py")
     if isinstance(rows, int):
         return rows

@@ -48,3 +48,18 @@ def test_full_plan_evaluates_part_one_learned_on_100_photos_and_passes_the_cli_c
                              "-cs 100 --compare-fp32" if "-sm collect" in flags else "-bcw --compare-fp32")
         spec, config = validate(build_parser().parse_args(argv))
         assert config is not None
+
+
+@pytest.mark.parametrize("script", ["cross_validated", "fold_one_variants"])
+def test_full_plans_without_the_development_photos_are_refused_before_writing(script, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    module = importlib.import_module(f"analysis.{script}")
+    missing = tmp_path / "imagenet-sample"
+    monkeypatch.setitem(module.FULL, "photos", missing)
+    out = tmp_path / "out"
+    assert module.main(["--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"{script}.py: error: {missing} does not exist (it lies beside the repository as ../shared); these rows "
+        "need the development photos, or run --quick")
+    assert not out.exists()
