@@ -105,7 +105,8 @@ def activation_replacement(quantized: QuantizedModel, name: str, bits: int, sums
     stats = quantized.activation_stats.get(name) if quantized.activation_stats is not None else None
 
     def quantize(x: torch.Tensor) -> torch.Tensor:
-        observed = stats if stats is not None else observe(x, observed_layer(spec, ACTIVATION_AXIS))
+        observed = stats if stats is not None else observe(
+            x, observed_layer(spec, ACTIVATION_AXIS, fused_range=fused.fused_range(name)))
         plan = plan_quantization(observed, spec, config, fused.starts_at_zero(name, observed), ceiling=fused.ceiling(name))
         return apply_plan(x, plan, ACTIVATION_AXIS).values
 

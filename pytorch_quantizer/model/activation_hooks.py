@@ -49,7 +49,8 @@ def quantize_activation(quantized, name: str, x: torch.Tensor, reference: torch.
     if quantized.activation_stats is not None:
         plan = quantized.activation_plan(name)
     else:
-        stats = observe(x, observed_layer(spec, ACTIVATION_AXIS, image_averaged_online(quantized, name)))
+        stats = observe(x, observed_layer(spec, ACTIVATION_AXIS, image_averaged_online(quantized, name),
+                                          fused.fused_range(name)))
         plan = plan_quantization(stats, spec, quantized.config, fused.starts_at_zero(name, stats),
                                  ceiling=fused.ceiling(name))
     outcome = apply_plan(x, plan, ACTIVATION_AXIS, seed=quantized.rounding_seed(),

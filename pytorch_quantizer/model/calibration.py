@@ -25,7 +25,8 @@ def observed_layers(quantized, per_channel: bool | None = None, image_averaged_r
     at layers kept at 8 bits or without spatial extent, which are per tensor in both;
     ``image_averaged_range``: min / max averaged over each batch's images (the seed's -sba),
     except at layers kept at 8 bits (the seed's classifier takes the batch's)."""
-    layers = {name: observed_layer(plan.activation, ACTIVATION_AXIS, image_averaged_range and not plan.kept_8bit)
+    layers = {name: observed_layer(plan.activation, ACTIVATION_AXIS, image_averaged_range and not plan.kept_8bit,
+                                   quantized.fused.fused_range(name))
               for name, plan in quantized.activation_plans().items()}
     if per_channel is None:
         return layers
@@ -72,11 +73,15 @@ def reduced(accumulators: dict[str, StatsAccumulator], kind: str, kept: set[str]
             if accumulator.batches}  # layers that calibration never reached (an eval-mode auxiliary head) have none
 
 
+MEASURED_WITHIN = "within the fused activation's range"
+
+
 def statistics_recipe(config, image_averaged_range: bool | None = None) -> dict:
     """The parts of a recipe that collected statistics depend on, as plain data (a file of them
     serves only a run with the same): the layers kept at 8 bits (observed per tensor) and in float,
-    the bits of clipping methods measured on the values, and, where statistics are collected through
-    the quantized model, its weights' recipe; recorded too, how min / max were taken (the seed's
+    the bits of clipping methods measured on the values (marked as measured within a fused
+    activation's range: files measured before that was so are refused), and, where statistics are
+    collected through the quantized model, its weights' recipe; recorded too, how min / max were taken (the seed's
     image-averaged ranges; None for a run that uses statistics and so does not choose it). The
     granularity is not among them: one collection writes both."""
     from pytorch_quantizer.maths.clipping import get_clipping
@@ -87,6 +92,6 @@ def statistics_recipe(config, image_averaged_range: bool | None = None) -> dict:
     through_quantized = config.departures.calibrate_quantized
     return {"image_averaged_range": image_averaged_range, "keep_8bit": sorted(config.keep_8bit),
             "keep_fp": sorted(config.keep_fp),
-            "measured_clipping": [activations.clipping, activations.bits] if measured else None,
+            "measured_clipping": [activations.clipping, activations.bits, MEASURED_WITHIN] if measured else None,
             "weights": config_as_dict(config)["weights"] if through_quantized else None,
             "calibrate_quantized": through_quantized}

@@ -58,6 +58,14 @@ class FusedActivations:
             return highest if math.isfinite(highest) else None
         return RELU6_CEILING if fused is nn.ReLU6 else None
 
+    def fused_range(self, name: str) -> tuple[float, float] | None:
+        """[0, ceiling] that an activation fused into the output's range lets through (None at
+        inputs, without one, or with ``rectified``, where the observed values already passed it)."""
+        if not self.at_output or self.rectified or self.kind(name) is None:
+            return None
+        ceiling = self.ceiling(name)
+        return 0.0, math.inf if ceiling is None else ceiling
+
     def module(self, name: str) -> nn.Module | None:
         """The fused activation as a module (None without one)."""
         fused = self.kind(name)

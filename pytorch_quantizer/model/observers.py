@@ -42,12 +42,18 @@ def merge_rule(key: str) -> str:
 class ObservedLayer:
     """What to observe at one layer: the channel axis (None: per tensor), for clipping methods that
     need the values the method and the bits to measure them at, and whether min / max are each
-    image's averaged over the batch (the seed's per-batch ranges and -sba) instead of the batch's."""
+    image's averaged over the batch (the seed's per-batch ranges and -sba) instead of the batch's.
+
+    ``fused_range``: [0, ceiling] of a ReLU / ReLU6 fused into the output's range (ceiling inf for a
+    ReLU). The grid then starts at 0 and the activation discards what lies outside, so methods that
+    measure the values measure them clamped to it, as a non-negative tensor; the statistics
+    themselves stay the pre-activation's (ACIQ's, the seed's)."""
 
     axis: int | None
     clipping: str
     bits: float
     image_averaged_range: bool = False
+    fused_range: tuple[float, float] | None = None
 
 
 class StatsAccumulator:
@@ -116,9 +122,12 @@ def observe(x: torch.Tensor, layer: ObservedLayer) -> TensorStats:
         stats = replace(stats, min=low.to(stats.min.device), max=high.to(stats.max.device))
     method = get_clipping(layer.clipping)
     if method.needs_values:
-        rows = channels_first(x.detach().float(), layer.axis)
+        values, non_negative = x.detach().float(), stats.non_negative
+        if layer.fused_range is not None:
+            values, non_negative = values.clamp(*layer.fused_range), True
+        rows = channels_first(values, layer.axis)
         bits = torch.full((rows.shape[0],), float(layer.bits))
-        lo, hi = method.measure(rows, bits, stats.non_negative)
+        lo, hi = method.measure(rows, bits, non_negative)
         stats = replace(stats, extra={f"{method.name}.lo": lo, f"{method.name}.hi": hi})
     return stats
 

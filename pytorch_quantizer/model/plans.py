@@ -28,9 +28,12 @@ class LayerPlan:
     per_tensor_only: bool = False   # kept at 8 bits, or an activation without spatial extent
 
 
-def observed_layer(spec: TensorQuantSpec, axis: int, image_averaged_range: bool = False) -> ObservedLayer:
-    """What to observe for a tensor quantized per ``spec`` (channel ``axis`` when per channel)."""
-    return ObservedLayer(axis if spec.per_channel else None, spec.clipping, spec.bits, image_averaged_range)
+def observed_layer(spec: TensorQuantSpec, axis: int, image_averaged_range: bool = False,
+                   fused_range: tuple[float, float] | None = None) -> ObservedLayer:
+    """What to observe for a tensor quantized per ``spec`` (channel ``axis`` when per channel;
+    ``fused_range``: ``FusedActivations.fused_range``)."""
+    return ObservedLayer(axis if spec.per_channel else None, spec.clipping, spec.bits, image_averaged_range,
+                         fused_range)
 
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:
