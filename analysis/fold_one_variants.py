@@ -2,7 +2,7 @@
 before any of them reaches the 400 evaluated ones (issue 27), each one mlflow run (experiment
 ``fold-one-variants``), resumable like ``report.py``.
 
-    python analysis/fold_one_variants.py           # Lite0: four W4A4 recipes, three W8A4 references (23 minutes)
+    python analysis/fold_one_variants.py           # Lite0: six W4A4 recipes, five W8A4 references (40 minutes)
     python analysis/fold_one_variants.py --quick   # fmnist_mobilenet, 100 test images, 10 learning steps (tests)
 
 Every variant tried on the 400 evaluated photos adds a comparison chosen on them, and one standard
@@ -29,13 +29,20 @@ BLOCK = f"{PRECISIONS['W4A4']} --reconstruct block"
 VARIANTS = {"W4A4, reconstruct block": BLOCK,
             "+ activation bias correction folded after learning (-bca --bca-folded)": f"{BLOCK} -bca --bca-folded",
             "+ weight ranges of least squared error (--weight-clipping mse)": f"{BLOCK} --weight-clipping mse",
-            "+ the seed's activation bias correction, fixed ranges (-bca -sm collect)": f"{BLOCK} -bca -sm collect"}
+            "+ the seed's activation bias correction, fixed ranges (-bca -sm collect)": f"{BLOCK} -bca -sm collect",
+            "+ fixed activation ranges (-sm collect)": f"{BLOCK} -sm collect",
+            "+ fixed activation ranges of least squared error (-c mse -sm collect)":
+                f"{BLOCK.replace('-c laplace', '-c mse')} -sm collect"}
 # What the same 4-bit activations cost with 8-bit weights rounded to nearest: how much of the W4A4
 # row's loss is left to its activations.
 W8A4 = "--qtype int4 -c laplace -qw int8 -pcq_w -bcw"
 VARIANTS |= {"reference: W8A4, nearest rounding": W8A4,
              "reference: W8A4, nearest rounding, fixed ranges (-sm collect)": f"{W8A4} -sm collect -cs 100",
-             "reference: W8A4, nearest rounding, the seed's -bca, fixed ranges": f"{W8A4} -bca -sm collect -cs 100"}
+             "reference: W8A4, nearest rounding, the seed's -bca, fixed ranges": f"{W8A4} -bca -sm collect -cs 100",
+             "reference: W8A4, nearest rounding, fixed ranges of least squared error (-c mse)":
+                 f"{W8A4.replace('-c laplace', '-c mse')} -sm collect -cs 100",
+             "reference: W8A4, nearest rounding, fixed KL-divergence ranges (-c kld)":
+                 f"{W8A4.replace('-c laplace', '-c kld')} -sm collect -cs 100"}
 FULL = {"arch": "efficientnet_lite0", "folds": 5, "learning": "-cs 100 --recon-iters 200",
         "data": ["--data", str(DEVELOPMENT_PHOTOS), "-b", "50"], "photos": DEVELOPMENT_PHOTOS,
         "source": "Part 1 of the 500 ImageNet development photos cut into 5 seeded parts (seed 0): the 100 photos "
