@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from analysis.runs import write_csv
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 W4A4 = "-pcq_w -pcq_a --qtype int4 -qw int4"
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
     drop = fp32 - naive
     table["recovered_of_naive_drop"] = (table.top1 - naive) / drop if drop > 0 else float("nan")
     args.csv.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.csv, index=False)
+    write_csv(table, args.csv)
     print(table[["recipe", "top1", "top5", "recovered_of_naive_drop"]].to_markdown(index=False, floatfmt=".2f"))
     return 0
 

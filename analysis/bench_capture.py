@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from analysis.runs import write_text
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
                "identical_rounding": all(torch.equal(whole[name], chained[name]) for name in whole)}
     print(json.dumps(figures, indent=2))
     if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_text(args.json, json.dumps(figures, indent=2) + "\n")
     return 0
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from analysis.bench_kernels import median_seconds
 
+from analysis.runs import write_text
+
 # (channels, input map size (padded where the stride-2 pad is explicit), filter size, stride) of Lite0
 LITE0_DEPTHWISE = [(32, 112, 3, 1), (96, 113, 3, 2), (144, 56, 3, 1), (144, 59, 5, 2), (240, 28, 5, 1),
                    (240, 29, 3, 2), (480, 14, 3, 1), (480, 14, 3, 1), (480, 14, 5, 1), (672, 14, 5, 1),
@@ -40,7 +42,6 @@ def main(argv=None) -> int:
     import torch
 
     from kernels import build
-    from pytorch_quantizer.formats.safe_io import write_atomically
     from pytorch_quantizer.model.depthwise_gradients import kernel_serves_window
     from pytorch_quantizer.quantizers import backend
 
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     print(json.dumps(summary, indent=1))
     if args.json is not None:
         report = summary | {"convs": rows}
-        write_atomically(args.json, lambda path: Path(path).write_text(json.dumps(report, indent=1) + "\n"))
+        write_text(args.json, json.dumps(report, indent=1) + "\n")
     return 0
 
 

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from analysis.runs import write_text
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 SHAPES = {"activation": ((64, 256, 56, 56), 1), "weight": ((512, 512, 3, 3), 0)}
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
     print(json.dumps(summary, indent=2))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 

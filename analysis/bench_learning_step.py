@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from analysis.runs import write_text
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -82,7 +84,6 @@ def main(argv=None) -> int:
     import torch
 
     from inference.models import create_model, get_model_spec
-    from pytorch_quantizer.formats.safe_io import write_atomically
     from pytorch_quantizer.methods.adaround import learning_layout
     from pytorch_quantizer.methods.reconstruction import BlockInputs, blocks_in_order
     from pytorch_quantizer.model.calibration import collect_statistics, reduced
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
             figures["blocks"][name] = {key: round(value, 4) for key, value in row.items()}
             print(name, json.dumps(figures["blocks"][name]), flush=True)
     if args.json is not None:
-        write_atomically(args.json, lambda path: Path(path).write_text(json.dumps(figures, indent=1) + "\n"))
+        write_text(args.json, json.dumps(figures, indent=1) + "\n")
     return 0
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.runs import DEVELOPMENT_PHOTOS
+from analysis.runs import DEVELOPMENT_PHOTOS, write_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                "seconds_per_row": round(seconds / len(report.rows), 3), "threads": args.threads}
     print(json.dumps(figures, indent=1))
     if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+        write_text(args.json, json.dumps(figures, indent=1) + "\n")
     return 0
 
 

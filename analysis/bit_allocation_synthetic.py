@@ -51,7 +51,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from analysis.runs import output_folder
+from analysis.runs import output_folder, write_csv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -261,8 +261,8 @@ def main(argv=None) -> int:
     best = optima(curves, args.bits)
     stem = f"bit_allocation_{args.prior}_{args.bits:g}bit_{args.clip}"
     args.out.mkdir(parents=True, exist_ok=True)
-    curves.to_csv(args.out / f"{stem}_curves.csv", index=False)
-    best.to_csv(args.out / f"{stem}_optima.csv", index=False)
+    write_csv(curves, args.out / f"{stem}_curves.csv")
+    write_csv(best, args.out / f"{stem}_optima.csv")
     title = f"{args.prior}, B = 2 x 2^{args.bits:g} bins, clip {args.clip}, {args.samples} samples"
     image = plot(curves, best, args.out / f"{stem}.png", title)
     print(f"prior {args.prior}, M = {args.bits:g} (quota {2 * 2**args.bits:g} bins), clip {args.clip}, "

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.runs import DEVELOPMENT_PHOTOS, figures, model_data_flags, output_folder
+from analysis.runs import DEVELOPMENT_PHOTOS, figures, model_data_flags, output_folder, write_csv
 from analysis.seed_experiments import EXPERIMENTS
 
 ANALYSIS = Path(__file__).resolve().parent
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows, columns=COLUMNS)
     csv = args.out / "bitrate_vs_accuracy.csv"
-    table.to_csv(csv, index=False)
+    write_csv(table, csv)
     print(table.drop(columns=["flags"]).to_markdown(index=False, floatfmt=".3f"))
     for model in table["model"].unique():
         path = args.out / f"{model}.png"

@@ -25,7 +25,7 @@ import sys
 
 from analysis.post_training_methods import PRECISIONS, row_figures, with_learning
 from analysis.report import RowFailed, finished_or_run, resume_message, result_path, row_argv
-from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script
+from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script, write_csv, write_text
 
 RECIPES = {f"{precision}, reconstruct block": f"{recipe} --reconstruct block" for precision, recipe in PRECISIONS.items()}
 # Added after the two rows above had run: the published W4A4 recipe (QDrop 0.5, as in post_training_methods).
@@ -84,8 +84,8 @@ def write_table(out, plan: dict, heading: str, command: str, note: str, frame, c
     ``command``) and ``<out>/<csv_name>``; returns the markdown."""
     text = (f"### {plan['arch']}, {heading}\n\n{plan['source']}; learned with `{plan['learning']}`; produced by "
             f"`{command}`. {note}\n\n" + frame[columns].to_markdown(index=False, floatfmt=".2f") + "\n")
-    (out / f"{plan['arch']}.md").write_text(text)
-    frame.to_csv(out / csv_name, index=False)
+    write_text(out / f"{plan['arch']}.md", text)
+    write_csv(frame, out / csv_name)
     return text
 
 

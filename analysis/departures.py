@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 
-from analysis.runs import model_data_flags, run_commands
+from analysis.runs import model_data_flags, run_commands, write_csv
 
 W4A4_FULL = "-pcq_w -pcq_a --qtype int4 -qw int4 -c laplace -baa -baw -bcw"
 BASES = {
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
                              "agreement_change": after["agreement"] - before["agreement"], "images": after["images"]})
     table = pd.DataFrame(rows)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.csv, index=False)
+    write_csv(table, args.csv)
     summary = table.pivot(index="option", columns="model", values=["top1_change", "agreement_change"])
     print(summary.to_markdown(floatfmt="+.2f"))
     return 0

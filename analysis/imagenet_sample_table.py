@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 
-from analysis.runs import DEVELOPMENT_PHOTOS, run_commands
+from analysis.runs import DEVELOPMENT_PHOTOS, run_commands, write_csv
 
 W8A8 = "-pcq_w --qtype int8 -qw int8"
 W4A8 = "-pcq_w --qtype int8 -qw int4"
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         table = pd.DataFrame(run_commands(commands, "recipes"))
     table.loc[table.recipe == "FP32", ["agreement", "kl"]] = (100.0, 0.0)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.csv, index=False)
+    write_csv(table, args.csv)
     print(table[["recipe", "top1", "top5", "agreement", "kl"]].to_markdown(index=False, floatfmt=".4g"))
     return 0
 

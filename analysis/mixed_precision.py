@@ -24,7 +24,7 @@ from pathlib import Path
 
 from analysis.report import (EMPTY_RESULT, RowFailed, data_flags, figures, finished_or_run, plan_models, result_path,
                              resume_message, row_argv)
-from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script
+from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script, write_csv, write_text
 
 MODELS = ("efficientnet_lite0", "fmnist_mobilenet")
 RECIPE = "--qtype int8 -qw int{bits} -pcq_w -bcw"
@@ -84,7 +84,7 @@ def sensitivity_report(arch: str, argv: list[str], out: Path, quick: bool):
         return model, config, read_report(pd.read_csv(csv), model, config, next(iter(calibration))[0][:1])
     report = pq.sensitivity(model, config, calibration, bits=bits, kinds=("weights",), images=images)
     out.mkdir(parents=True, exist_ok=True)
-    report.to_frame().to_csv(csv, index=False)
+    write_csv(report.to_frame(), csv)
     report.plot(out / f"{arch}.sensitivity.png")
     return model, config, report
 
@@ -197,11 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             columns = ["recipe", "mean_weight_bits", "gbops", "top1", "agreement", "kl", "learn_seconds", "seconds"]
             text = f"### {arch}\n\nProduced by `{command}`.\n\n" + table[columns].to_markdown(index=False, floatfmt=".2f")
-            (args.out / f"{arch}.md").write_text(text + "\n")
+            write_text(args.out / f"{arch}.md", text + "\n")
             tables.append(table.assign(model=arch))
             print(text)
     frame = pd.concat(tables)
-    frame.to_csv(args.out / "mixed_precision.csv", index=False)
+    write_csv(frame, args.out / "mixed_precision.csv")
     plot(frame, args.out / "mixed_precision.png")
     return 0
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from analysis.report import (RowFailed, data_flags, finished_or_run, plan_models, result_path,
                     resume_message, row_argv)
-from analysis.runs import DEVELOPMENT_PHOTOS, output_folder
+from analysis.runs import DEVELOPMENT_PHOTOS, output_folder, write_csv, write_text
 
 MODELS = ("fmnist_resnet20", "fmnist_mobilenet", "efficientnet_lite0")
 PRECISIONS = {"W8A8": "--qtype int8 -qw int8", "W8A8 --int32-bias": "--qtype int8 -qw int8 --int32-bias",
@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"model": arch, "recipe": precision,
                              **{column: result.get(column, math.nan) for column in COLUMNS}})
     frame = pd.DataFrame(rows).rename(columns=COLUMNS)
-    frame.to_csv(args.out / "onnx_deployment.csv", index=False)
+    write_csv(frame, args.out / "onnx_deployment.csv")
     command = " ".join(["python analysis/onnx_deployment.py", *argv])
     text = (f"Produced by `{command}`.{' ' + ' '.join(notes) if notes else ''}\n\n"
             + frame.to_markdown(index=False, floatfmt=".3f") + "\n")
-    (args.out / "onnx_deployment.md").write_text(text)
+    write_text(args.out / "onnx_deployment.md", text)
     print(text)
     return 0
 

@@ -35,7 +35,7 @@ import sys
 
 from analysis.report import (EMPTY_RESULT, FMNIST_MODELS, IMAGENET_MODELS, RowFailed, data_flags, figures,
                     finished_or_run, plan_models, result_path, resume_message, row_argv)
-from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script
+from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script, write_csv, write_text
 
 PRECISIONS = {"W4A8": "--qtype int8 -qw int4 -pcq_w -bcw",
               "W4A4": "--qtype int4 -c laplace -qw int4 -pcq_w -bcw"}
@@ -175,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             source = evaluated_source(arch, development_photos, quick=False).replace("10,000", "200" if args.quick
                                                                                       else "10,000")
             text = markdown(arch, frame, rows, source, command)
-            (args.out / f"{arch}.md").write_text(text)
+            write_text(args.out / f"{arch}.md", text)
             tables.append(frame.assign(model=arch))
             print(text)
-    pd.concat(tables).to_csv(args.out / "post_training_methods.csv", index=False)
+    write_csv(pd.concat(tables), args.out / "post_training_methods.csv")
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from analysis.report import (EMPTY_RESULT, FMNIST_MODELS, RowFailed, figures, finished_or_run, result_path,
                     resume_message, row_argv)
-from analysis.runs import output_folder
+from analysis.runs import output_folder, write_csv, write_text
 
 LEVEL_KINDS = ("uniform", "pot", "apot", "dorefa", "n2uq")
 ACIQ_INT4 = "-pcq_w -pcq_a --qtype int4 -qw int4 -c laplace"
@@ -113,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"on {args.train_images} training images; produced by `{command}`.\n\n"
                     + frame[columns].to_markdown(index=False, floatfmt=".2f")
                     + (f"\n\nNot run yet: {'; '.join(missing)}." if missing else "") + "\n")
-            (args.out / f"{arch}.md").write_text(text)
+            write_text(args.out / f"{arch}.md", text)
             tables.append(frame.assign(model=arch))
             print(text)
-    pd.concat(tables).to_csv(args.out / "families.csv", index=False)
+    write_csv(pd.concat(tables), args.out / "families.csv")
     return 0
 
 

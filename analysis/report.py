@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 
-from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT, output_folder
+from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT, output_folder, write_csv, write_text
 from analysis.seed_experiments import COLLECT, EXPERIMENTS
 
 W4A4 = "-pcq_w -pcq_a -sh --qtype int4 -qw int4"
@@ -236,15 +236,13 @@ REPORT_BEGIN, REPORT_END = "<!-- report tables: begin -->", "<!-- report tables:
 def update_docs(page: Path, tables: list[str]) -> None:
     """Replace what lies between the report markers of ``page`` (any file holding them once, e.g.
     docs/results.md) with ``tables`` (written atomically)."""
-    from pytorch_quantizer.formats.safe_io import write_atomically
-
     text = page.read_text()
     if text.count(REPORT_BEGIN) != 1 or text.count(REPORT_END) != 1 or text.index(REPORT_BEGIN) > text.index(REPORT_END):
         raise ValueError(f"{page} needs one {REPORT_BEGIN} line before one {REPORT_END} line")
     head, rest = text.split(REPORT_BEGIN)
     tail = rest.split(REPORT_END)[1]
     body = "\n".join(table.replace("### ", "#### ", 1) for table in tables)
-    write_atomically(page, lambda temporary: Path(temporary).write_text(f"{head}{REPORT_BEGIN}\n\n{body}\n{REPORT_END}{tail}"))
+    write_text(page, f"{head}{REPORT_BEGIN}\n\n{body}\n{REPORT_END}{tail}")
 
 
 def figure_scripts(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -305,11 +303,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             text = markdown(arch, table, command, evaluated_source(arch, development_photos, args.quick),
                             QUICK_ROWS if args.quick else tuple(ROWS))
-            (args.out / f"{arch}.md").write_text(text)
+            write_text(args.out / f"{arch}.md", text)
             tables.append(table.assign(model=arch))
             texts.append(text)
             print(text)
-    pd.concat(tables).to_csv(args.out / "report.csv", index=False)
+    write_csv(pd.concat(tables), args.out / "report.csv")
     if args.update_docs is not None:
         try:
             update_docs(args.update_docs, texts)

@@ -12,6 +12,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVELOPMENT_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
 
 
+def write_text(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file renamed over it: an interrupted script never
+    leaves half a table where a whole one was."""
+    from pytorch_quantizer.formats.safe_io import write_atomically
+
+    write_atomically(Path(path), lambda temporary: Path(temporary).write_text(text))
+
+
+def write_csv(frame, path: Path) -> None:
+    """``frame`` (a pandas DataFrame) as CSV without its index, like ``write_text``."""
+    from pytorch_quantizer.formats.safe_io import write_atomically
+
+    write_atomically(Path(path), lambda temporary: frame.to_csv(temporary, index=False))
+
+
 def figures(result: dict) -> dict:
     """The figures of one ``inference.run.run`` result that the tables report."""
     row = {"top1": result["top1"], "top5": result["top5"], "images": result["images"],

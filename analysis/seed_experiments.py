@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 
-from analysis.runs import model_data_flags, run_commands
+from analysis.runs import model_data_flags, run_commands, write_csv
 
 W4A4 = "-pcq_w -pcq_a -sh --qtype int4 -qw int4"
 EXPERIMENTS = {
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
                 rows.append({"arithmetic": arithmetic, **row})
     table = pd.DataFrame(rows)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.csv, index=False)
+    write_csv(table, args.csv)
     wide = table.pivot(index="recipe", columns="arithmetic", values=["top1", "agreement"]).reindex(list(EXPERIMENTS))
     print(wide.to_markdown(floatfmt=".2f"))
     entropy = table.dropna(subset=["entropy_act"]) if "entropy_act" in table else table.iloc[0:0]

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT, output_folder
+from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT, output_folder, write_text
 
 RECIPE = ["--qtype", "int8", "-qw", "int4", "-pcq_w", "-bcw", "-sm", "collect", "--reconstruct", "block",
           "--recon-batch", "32"]
@@ -61,8 +61,6 @@ def same_rounding(first: Path, second: Path) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-
-    from pytorch_quantizer.formats.safe_io import write_atomically
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-a", "--arch", default=None, help="default: efficientnet_lite0 (with --quick fmnist_resnet20)")
@@ -103,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"{arch}, `{' '.join(RECIPE)} --recon-iters {steps}`, {weights:,} weights.\n\n"
             f"| run | processes | top-1 | learning s | same hard rounding as torchrun |\n|:--|--:|--:|--:|--:|\n"
             f"{rows}\n")
-    write_atomically(folder.with_suffix(".json"), lambda path: Path(path).write_text(json.dumps(summary, indent=1)))
-    write_atomically(folder.with_suffix(".md"), lambda path: Path(path).write_text(text))
+    write_text(folder.with_suffix(".json"), json.dumps(summary, indent=1))
+    write_text(folder.with_suffix(".md"), text)
     print(text)
     return 0
 
