@@ -24,7 +24,7 @@ from pathlib import Path
 
 from analysis.report import (EMPTY_RESULT, RowFailed, data_flags, figures, finished_or_run, plan_models, result_path,
                              resume_message, row_argv)
-from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script, write_csv, write_text
+from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script, write_csv, write_model_csv, write_text
 
 MODELS = ("efficientnet_lite0", "fmnist_mobilenet")
 RECIPE = "--qtype int8 -qw int{bits} -pcq_w -bcw"
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             tables.append(table.assign(model=arch))
             print(text)
     frame = pd.concat(tables)
-    write_csv(frame, args.out / "mixed_precision.csv")
+    write_model_csv(frame, args.out / "mixed_precision.csv")
     plot(frame, args.out / "mixed_precision.png")
     return 0
 

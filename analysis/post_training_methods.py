@@ -35,7 +35,7 @@ import sys
 
 from analysis.report import (EMPTY_RESULT, FMNIST_MODELS, IMAGENET_MODELS, RowFailed, data_flags, figures,
                     finished_or_run, plan_models, result_path, resume_message, row_argv)
-from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script, write_csv, write_text
+from analysis.runs import DEVELOPMENT_PHOTOS, parse_row_script, write_model_csv, write_text
 
 PRECISIONS = {"W4A8": "--qtype int8 -qw int4 -pcq_w -bcw",
               "W4A4": "--qtype int4 -c laplace -qw int4 -pcq_w -bcw"}
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             write_text(args.out / f"{arch}.md", text)
             tables.append(frame.assign(model=arch))
             print(text)
-    write_csv(pd.concat(tables), args.out / "post_training_methods.csv")
+    write_model_csv(pd.concat(tables), args.out / "post_training_methods.csv")
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from analysis.report import (EMPTY_RESULT, FMNIST_MODELS, RowFailed, figures, finished_or_run, result_path,
                     resume_message, row_argv)
-from analysis.runs import output_folder, write_csv, write_text
+from analysis.runs import output_folder, write_model_csv, write_text
 
 LEVEL_KINDS = ("uniform", "pot", "apot", "dorefa", "n2uq")
 ACIQ_INT4 = "-pcq_w -pcq_a --qtype int4 -qw int4 -c laplace"
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             write_text(args.out / f"{arch}.md", text)
             tables.append(frame.assign(model=arch))
             print(text)
-    write_csv(pd.concat(tables), args.out / "families.csv")
+    write_model_csv(pd.concat(tables), args.out / "families.csv")
     return 0
 
 

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 
-from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT, output_folder, write_csv, write_text
+from analysis.runs import DEVELOPMENT_PHOTOS, REPO_ROOT, output_folder, write_model_csv, write_text
 from analysis.seed_experiments import COLLECT, EXPERIMENTS
 
 W4A4 = "-pcq_w -pcq_a -sh --qtype int4 -qw int4"
@@ -282,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out, problem = output_folder(args.out, "report", args.quick)
     if problem is None and args.quick and args.update_docs is not None:
         problem = "--update-docs with --quick would put the figures of a quick run into the docs: drop one of them"
+    if problem is None and args.update_docs is not None and args.models is not None:
+        problem = "--update-docs rewrites every model's table of the page: run it without --models"
     if problem is not None:
         parser.error(problem)
     if (problem := check_skip_patterns(args.skip_rows)) is not None:
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             tables.append(table.assign(model=arch))
             texts.append(text)
             print(text)
-    write_csv(pd.concat(tables), args.out / "report.csv")
+    write_model_csv(pd.concat(tables), args.out / "report.csv")
     if args.update_docs is not None:
         try:
             update_docs(args.update_docs, texts)

@@ -27,6 +27,22 @@ def write_csv(frame, path: Path) -> None:
     write_atomically(Path(path), lambda temporary: frame.to_csv(temporary, index=False))
 
 
+def write_model_csv(frame, path: Path) -> None:
+    """``frame`` (rows with a ``model`` column) as the CSV ``path``, keeping the rows of the other
+    models the file already holds, in its order: a run of some models (``--models``) replaces their
+    rows and leaves the others' figures in place."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_file():
+        existing = pd.read_csv(path)
+        if "model" in existing.columns:
+            order = list(dict.fromkeys([*existing["model"], *frame["model"]]))
+            frame = pd.concat([existing[~existing["model"].isin(set(frame["model"]))], frame], ignore_index=True)
+            frame = frame.sort_values("model", key=lambda models: models.map(order.index), kind="stable")
+    write_csv(frame, path)
+
+
 def figures(result: dict) -> dict:
     """The figures of one ``inference.run.run`` result that the tables report."""
     row = {"top1": result["top1"], "top5": result["top5"], "images": result["images"],

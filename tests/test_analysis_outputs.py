@@ -42,9 +42,26 @@ def test_documented_quick_commands_leave_git_status_clean(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--quick", "--out", "results/report", "--models", "fmnist_resnet20"], "holds committed full results"),
     (["--quick", "--update-docs", "docs/results.md", "--models", "fmnist_resnet20"], "--update-docs with --quick"),
+    (["--finished-only", "--update-docs", "docs/results.md", "--models", "fmnist_resnet20"],
+     "--update-docs rewrites every model's table of the page: run it without --models"),
 ])
 def test_quick_runs_refuse_to_write_over_full_results(tmp_path, argv, message):
     before = git_status()
     done = run_script("report", *argv, tmp_path=tmp_path)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert git_status() == before
+
+
+def test_a_run_of_some_models_keeps_the_other_models_rows_of_the_csv(tmp_path):
+    import pandas as pd
+
+    from analysis.runs import write_model_csv
+
+    path = tmp_path / "table.csv"
+    pd.DataFrame({"recipe": ["a", "b", "a", "a"], "top1": [1.0, 2.0, 3.0, 4.0],
+                  "model": ["m1", "m1", "m2", "m3"]}).to_csv(path, index=False)
+    write_model_csv(pd.DataFrame({"recipe": ["a", "c"], "top1": [5.0, 6.0], "model": ["m2", "m2"]}), path)
+    write_model_csv(pd.DataFrame({"recipe": ["a"], "top1": [7.0], "model": ["m4"]}), path)
+    table = pd.read_csv(path)
+    assert list(table["model"]) == ["m1", "m1", "m2", "m2", "m3", "m4"]
+    assert list(table["top1"]) == [1.0, 2.0, 5.0, 6.0, 4.0, 7.0]
