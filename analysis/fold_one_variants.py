@@ -13,8 +13,9 @@ by a rounding learned on 100 of the other 400 (``-cs 100 --recon-iters 200``, th
 amounts). No label of the 400 enters the comparison. The photos run in two batches of 50 because
 the W4A4 recipes take their activation ranges from each evaluated batch (the seed's way). The
 judge is the KL to FP32 and the agreement with it, steadier than top-1 on 100 photos (one standard
-error about 3 points). Three reference rows give the same 4-bit activations with 8-bit weights
-rounded to nearest: what the activations alone cost. Writes ``<out>/<model>.md`` and ``<out>/fold_one_variants.csv``.
+error about 3 points). Reference rows give the same 4-bit activations with 8-bit weights rounded
+to nearest (ranges by ACIQ, least squared error or KL divergence): what the activations alone
+cost. Writes ``<out>/<model>.md`` and ``<out>/fold_one_variants.csv``.
 """
 from __future__ import annotations
 

@@ -7,6 +7,25 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def rewrite_statistics(source: Path, target: Path, edit) -> Path:
+    """The statistics file ``source`` after ``edit(payload)``, saved as ``target`` with its checksum
+    recomputed, as a user who edits the file (or a forger) would; a structure too damaged to have a
+    checksum gets "none" (the loader refuses it before comparing)."""
+    import torch
+
+    from pytorch_quantizer.formats.stats_io import StatisticsFile, checksum, metadata_of
+
+    payload = torch.load(source, weights_only=True)
+    edit(payload)
+    metadata = {key: payload.get(key) for key in metadata_of(StatisticsFile("", 0, False, "", "", {}))}
+    try:
+        payload["checksum"] = checksum(metadata, payload["layers"])
+    except Exception:  # noqa: BLE001 - see the docstring
+        payload["checksum"] = "none"
+    torch.save(payload, target)
+    return target
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Call inference_sim.main(argv) in-process; return (exit code, stdout, stderr)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, rewrite_statistics
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 FAST = ("-a", "fmnist_resnet20", "-ss", "20", "-b", "20")
@@ -55,17 +55,11 @@ def statistics_folder(tmp_path_factory):
 def statistics_copy(statistics_folder: Path, tmp_path: Path, edit=None) -> Path:
     """A copy of the collected statistics folder; ``edit(payload)`` changes the file's content and
     the checksum is recomputed, as a user who edits the file would do."""
-    from pytorch_quantizer.formats.stats_io import checksum, metadata_of, StatisticsFile
-
     folder = tmp_path / "stats"
     shutil.copytree(statistics_folder, folder)
     if edit is not None:
         path = folder / "fmnist_resnet20.per_tensor.output.stats.pt"
-        payload = torch.load(path, weights_only=True)
-        edit(payload)
-        keys = metadata_of(StatisticsFile("", 0, False, "", "", {}))
-        payload["checksum"] = checksum({key: payload[key] for key in keys}, payload["layers"])
-        torch.save(payload, path)
+        rewrite_statistics(path, path, edit)
     return folder
 
 

@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import rewrite_statistics
 from inference.models import create_model
-from pytorch_quantizer.formats import stats_io
 from pytorch_quantizer.model import quantized_model as transform
 from pytorch_quantizer.quantizers.config import QuantConfig, TensorQuantSpec
 from pytorch_quantizer.errors import QuantizationError
@@ -50,16 +50,7 @@ def stats_source(tmp_path_factory):
 
 def rewritten(source, tmp_path, edit):
     """The statistics file after ``edit(payload)``, its checksum recomputed as a forger would."""
-    payload = torch.load(source, weights_only=True)
-    edit(payload)
-    metadata = {key: payload.get(key) for key in stats_io.metadata_of(StatisticsFile("", 0, False, "", "", {}))}
-    try:
-        payload["checksum"] = stats_io.checksum(metadata, payload["layers"])
-    except Exception:  # noqa: BLE001 - a damaged structure has no checksum; the loader refuses it before
-        payload["checksum"] = "none"
-    path = tmp_path / "edited.stats.pt"
-    torch.save(payload, path)
-    return path
+    return rewrite_statistics(source, tmp_path / "edited.stats.pt", edit)
 
 
 def load(path, layers, per_channel=True):

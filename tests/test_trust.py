@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from conftest import rewrite_statistics
 from inference.models import CHECKPOINT_DIR
 
 ERROR = "inference_sim.py: error: "
@@ -62,19 +63,12 @@ def test_statistics_refuse_another_collection_recipe(run_cli, tmp_path):
 def test_statistics_measured_before_the_fused_activation_was_taken_into_account_are_refused(run_cli, tmp_path):
     """Files of measured clipping (here -c pct) written before the measurement took the fused ReLU
     into account recorded the method and bits only; their ranges start below 0, so they are refused."""
-    from pytorch_quantizer.formats import stats_io
-
     folder = tmp_path / "stats"
     recipe = (*FAST, "--qtype", "int4", "-c", "pct", "-sf", folder)
     code, _, stderr = run_cli(*recipe, "-sm", "collect", "-cs", "32")
     assert code == 0, stderr
     for path in folder.iterdir():
-        payload = torch.load(path, weights_only=True)
-        payload["recipe"]["measured_clipping"] = ["pct", 4]
-        metadata = {key: payload.get(key) for key in stats_io.metadata_of(stats_io.StatisticsFile("", 0, False, "",
-                                                                                                  "", {}))}
-        payload["checksum"] = stats_io.checksum(metadata, payload["layers"])
-        torch.save(payload, path)
+        rewrite_statistics(path, path, lambda payload: payload["recipe"].__setitem__("measured_clipping", ["pct", 4]))
     code, _, stderr = run_cli(*recipe, "-sm", "use")
     one_error_line(code, stderr, "was collected with measured_clipping ['pct', 4], this run's ['pct', 4, \"within")
 
