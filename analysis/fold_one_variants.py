@@ -2,7 +2,7 @@
 before any of them reaches the 400 evaluated ones (issue 27), each one mlflow run (experiment
 ``fold-one-variants``), resumable like ``report.py``.
 
-    python analysis/fold_one_variants.py           # Lite0: six W4A4 recipes, five W8A4 references (40 minutes)
+    python analysis/fold_one_variants.py           # Lite0: eight W4A4 recipes, five W8A4 references (50 minutes)
     python analysis/fold_one_variants.py --quick   # fmnist_mobilenet, 100 test images, 10 learning steps (tests)
 
 Every variant tried on the 400 evaluated photos adds a comparison chosen on them, and one standard
@@ -33,7 +33,9 @@ VARIANTS = {"W4A4, reconstruct block": BLOCK,
             "+ the seed's activation bias correction, fixed ranges (-bca -sm collect)": f"{BLOCK} -bca -sm collect",
             "+ fixed activation ranges (-sm collect)": f"{BLOCK} -sm collect",
             "+ fixed activation ranges of least squared error (-c mse -sm collect)":
-                f"{BLOCK.replace('-c laplace', '-c mse')} -sm collect"}
+                f"{BLOCK.replace('-c laplace', '-c mse')} -sm collect",
+            "+ 4 pairs of blocks learned jointly (--joint-blocks 4)": f"{BLOCK} --joint-blocks 4",
+            "+ 8 pairs of blocks learned jointly (--joint-blocks 8)": f"{BLOCK} --joint-blocks 8"}
 # What the same 4-bit activations cost with 8-bit weights rounded to nearest: how much of the W4A4
 # row's loss is left to its activations.
 W8A4 = "--qtype int4 -c laplace -qw int8 -pcq_w -bcw"

@@ -58,9 +58,10 @@ class RecipeFiles:
 
 
 def rounding_recipe(methods: Methods, config: QuantConfig) -> str:
-    """The recipe a rounding file belongs to: the learning method, QDrop and the whole resolved
-    configuration (a frozen dataclass)."""
+    """The recipe a rounding file belongs to: the learning method, QDrop, joined blocks and the whole
+    resolved configuration (a frozen dataclass)."""
     steps = " --learn-step-sizes" if methods.learn_step_sizes else ""
+    steps += f" --joint-blocks {methods.joint_blocks}" if methods.joint_blocks else ""
     return f"{ROUNDING_FLAGS[methods.rounding]}{steps} qdrop={methods.qdrop} {config!r}"
 
 

@@ -17,6 +17,7 @@ def methods_from_args(args: argparse.Namespace) -> Methods:
     rounding = "adaround" if args.adaround else "block" if args.reconstruct == "block" else "nearest"
     return Methods(equalize=args.equalize, rounding=rounding, qdrop=args.qdrop or 0.0,
                    learn_step_sizes=args.learn_step_sizes, step_size_lr=args.step_size_lr,
+                   joint_blocks=args.joint_blocks or 0,
                    rounding_steps=args.recon_iters or DEFAULT_ROUNDING_STEPS,
                    rounding_batch=args.recon_batch or DEFAULT_ROUNDING_BATCH,
                    rounding_groups=args.recon_groups,

@@ -38,6 +38,11 @@ def add_weight_method_flags(parser: argparse.ArgumentParser, positive_int) -> No
                        help="Adam rate of --learn-step-sizes (default: 4e-5, BRECQ's and QDrop's for 20,000 steps per "
                             "block; a step size moves at most about LR x steps / 2, so 0.8 / --recon-iters reaches as "
                             "far)")
+    group.add_argument("--joint-blocks", type=positive_int, default=None, metavar="K",
+                       help="with --reconstruct block: learn the K pairs of consecutive chained blocks whose relative "
+                            "output error (all weights rounded to nearest) rises most from one block to the next "
+                            "together, as one unit (after MRECG's mixed reconstruction granularity, Ma et al. 2023; "
+                            "default: every block alone)")
     group.add_argument("--recon-iters", type=positive_int, default=None, metavar="N",
                        help=f"optimisation steps per layer / block of --adaround / --reconstruct "
                             f"(default: {DEFAULT_RECON_ITERS})")
@@ -79,6 +84,8 @@ def check_weight_method_flags(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} concerns learned rounding: add --adaround or --reconstruct block")
     if args.qdrop is not None and not args.reconstruct:
         raise UserError("--qdrop drops activation quantization while learning blocks: add --reconstruct block")
+    if args.joint_blocks is not None and not args.reconstruct:
+        raise UserError("--joint-blocks joins blocks of block reconstruction: add --reconstruct block")
     if args.learn_step_sizes and not args.reconstruct:
         raise UserError("--learn-step-sizes learns activation step sizes block by block: add --reconstruct block")
     if args.step_size_lr is not None and not args.learn_step_sizes:

@@ -32,7 +32,10 @@ class Methods:
     the block's activation grids (fixed by calibration statistics) learned with its rounding, by LSQ
     gradients, as BRECQ and QDrop do, with Adam at ``step_size_lr`` annealed along a cosine (None:
     their 4e-5, set for 20,000 steps per block; with fewer steps a step size moves at most about
-    ``step_size_lr`` x steps / 2, so the same reach at N steps is 0.8 / N); ``rounding_groups``: each
+    ``step_size_lr`` x steps / 2, so the same reach at N steps is 0.8 / N); ``joint_blocks``: with
+    block rounding, that many pairs of consecutive blocks, those whose relative output error at
+    nearest rounding rises most from one to the next, learned together as one unit (after MRECG's
+    mixed reconstruction granularity, Ma et al. 2023; ``methods.joint_blocks``); ``rounding_groups``: each
     step's gradient summed over that many groups of calibration batches (batch k in group k mod G), one pass per group, so that the rounding
     learned under torchrun is that of one process with the same groups (``methods.grouped_steps``;
     None: one pass per step, or one group per process under torchrun). ``qat_epochs``:
@@ -45,6 +48,7 @@ class Methods:
     qdrop: float = 0.0
     learn_step_sizes: bool = False
     step_size_lr: float | None = None
+    joint_blocks: int = 0
     rounding_steps: int = DEFAULT_ROUNDING_STEPS
     rounding_batch: int = DEFAULT_ROUNDING_BATCH
     rounding_groups: int | None = None
@@ -72,6 +76,12 @@ class Methods:
         if self.step_size_lr is not None and not self.learn_step_sizes:
             raise QuantizationError("Methods.step_size_lr is the learning rate of learned step sizes: set "
                                     "learn_step_sizes=True", code="step_size_lr_without_learning", field="step_size_lr")
+        if not isinstance(self.joint_blocks, int) or self.joint_blocks < 0:
+            raise QuantizationError(f"Methods.joint_blocks must be a non-negative integer, got {self.joint_blocks!r}",
+                                    field="joint_blocks")
+        if self.joint_blocks and self.rounding != Rounding.BLOCK:
+            raise QuantizationError("Methods.joint_blocks joins blocks of block reconstruction: set rounding='block'",
+                                    code="joint_blocks_without_block", field="joint_blocks")
         for name in ("rounding_steps", "rounding_batch"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise QuantizationError(f"Methods.{name} must be a positive integer, got {getattr(self, name)!r}",

@@ -288,7 +288,7 @@ def settle_rounding(quantized: QuantizedModel, methods: Methods, inputs: RecipeI
     batches = [batch_images(item) for item in not_empty(inputs.calibration, "calibration")]
     images = torch.cat(batches).to(inputs.device)
     options = RoundingOptions(methods.rounding_steps, methods.rounding_batch, quantized.config.seed, methods.qdrop,
-                              methods.learn_step_sizes, methods.step_size_lr)
+                              methods.learn_step_sizes, methods.step_size_lr, methods.joint_blocks)
     blocks = methods.rounding == Rounding.BLOCK
     learn = learn_block_rounding if blocks else learn_model_rounding
     bar = (lambda names: inputs.progress(names, "reconstruct" if blocks else "adaround")) if inputs.progress else None

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pytorch_quantizer.methods import adaround
+from pytorch_quantizer.methods.joint_blocks import joint_units, relative_output_errors
 from pytorch_quantizer.model.weights import integer_grid_layers, use_weight_rounding, weight_correction, weight_grid
 
 
@@ -40,6 +41,7 @@ class RoundingOptions:
     drop: float = 0.0   # QDrop probability inside blocks
     step_sizes: bool = False   # learn the block's activation step sizes with its rounding (LSQ)
     step_size_lr: float | None = None   # their Adam rate (None: adaround.STEP_SIZE_LEARNING_RATE)
+    joint_blocks: int = 0   # pairs of chained blocks learned together (``joint_blocks.joint_units``)
 
 
 def model_blocks(model: nn.Module, layers: list[str]) -> dict[str, list[str]]:
@@ -150,7 +152,9 @@ class BlockInputs:
 
     A block in ``chained`` takes them from the block asked for just before it: its float input is
     that block's float output and its quantized input that block run (with whatever rounding is now
-    in place) on its own quantized input. Any other block runs the model up to it, twice. A bare
+    in place) on its own quantized input. Any other block runs the model up to it, twice. Where
+    blocks are learned in units (``learning_units``) only each unit's first block is asked for, and
+    what it passes on is the whole unit's output. A bare
     layer that quantizes its own input (``act_quant_point=input``) passes nothing on, since its
     captured input is already quantized and running it again would quantize that twice.
     """
@@ -166,7 +170,10 @@ class BlockInputs:
         self._previous: tuple[nn.Module, torch.Tensor, torch.Tensor] | None = None
         self._previous_float_output: torch.Tensor | None = None
 
-    def of(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def of(self, name: str, runs: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ``name``'s float and quantized inputs; ``runs``: what the caller will run on them
+        and the next chained block reads the output of (default: the block itself; a unit of joined
+        blocks starting with it)."""
         quantized = self.quantized
         if self._previous is not None and name in self.chained:
             block, float_inputs, quantized_inputs = self._previous
@@ -182,7 +189,7 @@ class BlockInputs:
             with quantized.measures_paused():
                 inputs = (float_inputs, layer_inputs(quantized.model, name, self.images, self.batch))
         passes_on = quantized.at_output or name not in quantized.plans
-        self._previous = (quantized.model.get_submodule(name), *inputs) if passes_on else None
+        self._previous = (runs or quantized.model.get_submodule(name), *inputs) if passes_on else None
         self._previous_float_output = None
         return inputs
 
@@ -252,14 +259,14 @@ def _relative(block: str, layer: str) -> str:
     return layer[len(block) + 1:] if layer != block else ""
 
 
-def initial_step_sizes(quantized, block_name: str) -> dict[str, torch.Tensor]:
-    """The step sizes of the GEMMLOWP activation grids inside a block, fixed by the statistics, as
+def initial_step_sizes(quantized, block_names: list[str]) -> dict[str, torch.Tensor]:
+    """The step sizes of the GEMMLOWP activation grids inside the blocks, fixed by the statistics, as
     tensors to learn (none where the ranges come from each batch or the grid is mid-tread)."""
     if quantized.activation_stats is None:
         return {}
     scales = {}
     for name, plan in quantized.activation_plans().items():
-        inside = name == block_name or name.startswith(block_name + ".")
+        inside = any(name == block or name.startswith(block + ".") for block in block_names)
         if inside and plan.activation.kind.grid and name in quantized.activation_stats:
             grid = quantized.activation_plan(name)
             if not grid.mid_tread:
@@ -279,41 +286,73 @@ def activation_after(quantized, block_name: str, names: list[str]):
     return lambda output: quantized.fused.apply(block_name, output)
 
 
+def learning_units(quantized, images: torch.Tensor, blocks: dict[str, list[str]], order: list[str],
+                   options: RoundingOptions, share: adaround.DataShare | None = None) -> list[list[str]]:
+    """The blocks of ``order`` in learning units: each block alone, or with ``options.joint_blocks``
+    the pairs of chained blocks whose output error rises most joined (``joint_blocks``)."""
+    if not options.joint_blocks:
+        return [[name] for name in order]
+    containers = [name for name in order if blocks[name] != [name]]
+    with quantized.float_model() as model:
+        joinable = chained_blocks(model, images, order)
+    with quantized.measures_paused():
+        joinable &= chained_blocks(quantized.model, images, order)
+    errors = relative_output_errors(quantized.model, images, containers, options.batch, quantized.float_model,
+                                    quantized.measures_paused, share)
+    return joint_units(order, errors, joinable & set(containers), options.joint_blocks)
+
+
+def _unit_module(quantized, unit: list[str]) -> nn.Module:
+    """What a unit runs: its block, or its blocks one after the other (they are chained)."""
+    modules = [quantized.model.get_submodule(name) for name in unit]
+    return modules[0] if len(unit) == 1 else nn.Sequential(*modules)
+
+
+def _parameter_paths(blocks: dict[str, list[str]], unit: list[str]) -> dict[str, str]:
+    """{layer: the path of its weight within the unit's module (``_unit_module``)}."""
+    if len(unit) == 1:
+        return {name: f"{_relative(unit[0], name)}.weight".lstrip(".") for name in blocks[unit[0]]}
+    return {name: f"{index}.{_relative(block, name)}.weight" for index, block in enumerate(unit) for name in blocks[block]}
+
+
 def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptions, bar=None,
                          reuse_chained: bool = True, share: adaround.DataShare | None = None
                          ) -> dict[str, adaround.RoundingResult]:
-    """BRECQ / QDrop: every block's layers' roundings learned together, blocks in execution order.
+    """BRECQ / QDrop: every block's layers' roundings learned together, blocks in execution order
+    (with ``options.joint_blocks``, some consecutive blocks together: ``learning_units``).
     ``reuse_chained``: take a chained block's inputs from the block before it (see the module
     docstring) instead of running the model up to it; the inputs are the same either way. With
     ``share`` the images are this process's part of those of several (``adaround.DataShare``)."""
     blocks, order = blocks_in_order(quantized, images)
-    block_inputs = BlockInputs(quantized, images, order, options.batch, reuse_chained)
+    units = learning_units(quantized, images, blocks, order, options, share)
+    block_inputs = BlockInputs(quantized, images, order, options.batch, reuse_chained)  # asked for units' first blocks
     results = {}
-    steps = bar(order) if bar is not None else order
-    for block_name in steps:
-        block = quantized.model.get_submodule(block_name)
-        names = blocks[block_name]
-        float_inputs, inputs = block_inputs.of(block_name)
+    steps = bar(units) if bar is not None else units
+    for unit in steps:
+        module = _unit_module(quantized, unit)
+        names = [name for block in unit for name in blocks[block]]
+        float_inputs, inputs = block_inputs.of(unit[0], module)
         with quantized.float_model():
-            float_outputs = _batched(block, float_inputs, options.batch)
+            float_outputs = _batched(module, float_inputs, options.batch)
         block_inputs.float_output_is(float_outputs)
-        finish = activation_after(quantized, block_name, names)
+        finish = activation_after(quantized, unit[-1], blocks[unit[-1]])
         targets = finish(float_outputs)
         del float_inputs, float_outputs
         weights = {name: quantized.float_params[name][0] for name in names}
         grids = {name: weight_grid(quantized, name) for name in names}
+        paths = _parameter_paths(blocks, unit)
 
-        def block_output(rounded: dict[str, torch.Tensor], batch_inputs: torch.Tensor, block=block,
-                         block_name=block_name, finish=finish):
-            parameters = {f"{_relative(block_name, name)}.weight".lstrip("."): weight for name, weight in rounded.items()}
-            return finish(torch.func.functional_call(block, parameters, (batch_inputs,)))
+        def unit_output(rounded: dict[str, torch.Tensor], batch_inputs: torch.Tensor, module=module,
+                        paths=paths, finish=finish):
+            parameters = {paths[name]: weight for name, weight in rounded.items()}
+            return finish(torch.func.functional_call(module, parameters, (batch_inputs,)))
 
-        scales = initial_step_sizes(quantized, block_name) if options.step_sizes else {}
+        scales = initial_step_sizes(quantized, unit) if options.step_sizes else {}
         quantized.learning.scales = scales
         try:
-            with quantized.measures_paused(), parameters_frozen(block):
+            with quantized.measures_paused(), parameters_frozen(module):
                 learned, _ = adaround.learn_soft_roundings(
-                    weights, grids, block_output, inputs, targets, options.iterations, options.batch, options.seed,
+                    weights, grids, unit_output, inputs, targets, options.iterations, options.batch, options.seed,
                     learning_mode=lambda: quantized.learning.straight_through(options.drop, options.seed), share=share,
                     step_sizes=list(scales.values()), step_size_lr=options.step_size_lr,
                     correction=weight_correction(quantized.config))
@@ -325,5 +364,5 @@ def learn_block_rounding(quantized, images: torch.Tensor, options: RoundingOptio
         results.update(learned)
         errors = (next(iter(learned.values())).nearest_error, next(iter(learned.values())).learned_error)
         if hasattr(steps, "set_postfix"):
-            steps.set_postfix(block=block_name, nearest=f"{errors[0]:.3g}", learned=f"{errors[1]:.3g}")
+            steps.set_postfix(block="+".join(unit), nearest=f"{errors[0]:.3g}", learned=f"{errors[1]:.3g}")
     return results
