@@ -186,17 +186,24 @@ def test_straight_through_activations_pass_gradients_and_qdrop_keeps_float_value
     assert float((dropped == floating).float().mean()) > 0.999
 
 
-def test_block_reconstruction_with_qdrop_saves_and_reloads(run_cli, tmp_path):
-    common = ["-a", "fmnist_mobilenet", "--qtype", "int4", "-qw", "int4", "-b", "100", "--subset", "100",
-              "--reconstruct", "block", "--qdrop", "0.5", "-sf", tmp_path]
-    learned, reused = tmp_path / "learned.json", tmp_path / "reused.json"
-    code, _, err = run_cli(*common, "-sm", "collect", "-cs", "64", "--recon-iters", "20", "--results-json", learned)
+def learned_then_reused(run_cli, common: list, folder, *learning: str) -> dict:
+    """Runs ``common`` with ``-sm collect`` and ``learning``, then with ``-sm use``; asserts both
+    succeed with the same top-1 and loss; returns the first run's results."""
+    learned, reused = folder / "learned.json", folder / "reused.json"
+    code, _, err = run_cli(*common, "-sm", "collect", *learning, "--results-json", learned)
     assert code == 0, err
     code, _, err = run_cli(*common, "-sm", "use", "--results-json", reused)
     assert code == 0, err
     first, second = json.loads(learned.read_text()), json.loads(reused.read_text())
-    assert first["rounding_layers"] == 26 and first["rounding_file"].endswith(".block-rounding.pt")
     assert (first["top1"], first["loss"]) == (second["top1"], second["loss"])
+    return first
+
+
+def test_block_reconstruction_with_qdrop_saves_and_reloads(run_cli, tmp_path):
+    common = ["-a", "fmnist_mobilenet", "--qtype", "int4", "-qw", "int4", "-b", "100", "--subset", "100",
+              "--reconstruct", "block", "--qdrop", "0.5", "-sf", tmp_path]
+    first = learned_then_reused(run_cli, common, tmp_path, "-cs", "64", "--recon-iters", "20")
+    assert first["rounding_layers"] == 26 and first["rounding_file"].endswith(".block-rounding.pt")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -105,6 +105,7 @@ def learned_rounding(folder, method: str) -> dict:
 
 @pytest.mark.parametrize("method, flags", [
     ("block-rounding", ["--reconstruct", "block", "--qdrop", "0.5", "--learn-step-sizes"]),
+    ("block-rounding", ["--reconstruct", "block", "--joint-blocks", "2"]),
     ("rounding", ["--adaround"]),
 ])
 def test_torchrun_learns_the_rounding_of_one_process_with_the_same_groups_bit_for_bit(tmp_path, method, flags):

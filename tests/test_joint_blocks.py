@@ -2,8 +2,6 @@
 unit is learned as one on the inputs the model gives it, and the flag's checks and file round trip."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -96,16 +94,11 @@ def test_a_joined_unit_is_learned_as_one():
 
 
 def test_joint_blocks_learn_save_and_reload(run_cli, tmp_path):
+    from test_adaround import learned_then_reused
+
     common = ["-a", "fmnist_mobilenet", "--qtype", "int4", "-qw", "int4", "-b", "100", "--subset", "100",
               "--reconstruct", "block", "--joint-blocks", "2", "-sf", tmp_path]
-    learned, reused = tmp_path / "learned.json", tmp_path / "reused.json"
-    code, _, err = run_cli(*common, "-sm", "collect", "-cs", "32", "--recon-iters", "5", "--results-json", learned)
-    assert code == 0, err
-    code, _, err = run_cli(*common, "-sm", "use", "--results-json", reused)
-    assert code == 0, err
-    first, second = json.loads(learned.read_text()), json.loads(reused.read_text())
-    assert first["rounding_layers"] == 26
-    assert (first["top1"], first["loss"]) == (second["top1"], second["loss"])
+    assert learned_then_reused(run_cli, common, tmp_path, "-cs", "32", "--recon-iters", "5")["rounding_layers"] == 26
     # a file learned with other joined blocks belongs to another recipe
     code, _, err = run_cli(*common[:-3], "--joint-blocks", "1", "-sf", tmp_path, "-sm", "use")
     assert code == 2 and len(err.strip().splitlines()) == 1
