@@ -204,6 +204,7 @@ def test_block_reconstruction_with_qdrop_saves_and_reloads(run_cli, tmp_path):
               "--reconstruct", "block", "--qdrop", "0.5", "-sf", tmp_path]
     first = learned_then_reused(run_cli, common, tmp_path, "-cs", "64", "--recon-iters", "20")
     assert first["rounding_layers"] == 26 and first["rounding_file"].endswith(".block-rounding.pt")
+    assert first["rounding_units"] == 11   # the stem, nine blocks, the classifier
 
 
 @pytest.mark.parametrize("argv, message", [

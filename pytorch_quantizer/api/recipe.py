@@ -299,7 +299,8 @@ def settle_rounding(quantized: QuantizedModel, methods: Methods, inputs: RecipeI
     learned = {id(result.losses): result for result in results.values()}  # the layers of a block share one
     state.rounding = {name: result.up.detach().cpu() for name, result in results.items()}
     state.activation_scales = dict(quantized.activation_scales) or None
-    report.rounding = {"rounding_layers": len(results), "rounding_seconds": round(time.perf_counter() - start, 3),
+    report.rounding = {"rounding_layers": len(results), "rounding_units": len(learned),
+                       "rounding_seconds": round(time.perf_counter() - start, 3),
                        "rounding_nearest_error": sum(result.nearest_error for result in learned.values()),
                        "rounding_learned_error": sum(result.learned_error for result in learned.values())}
 
