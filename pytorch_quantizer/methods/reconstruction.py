@@ -154,9 +154,9 @@ class BlockInputs:
     that block's float output and its quantized input that block run (with whatever rounding is now
     in place) on its own quantized input. Any other block runs the model up to it, twice. Where
     blocks are learned in units (``learning_units``) only each unit's first block is asked for, and
-    what it passes on is the whole unit's output. A bare
-    layer that quantizes its own input (``act_quant_point=input``) passes nothing on, since its
-    captured input is already quantized and running it again would quantize that twice.
+    what it passes on is the whole unit's output. A bare layer that quantizes its own input
+    (``act_quant_point=input``) passes nothing on, since its captured input is already quantized and
+    running it again would quantize that twice.
     """
 
     def __init__(self, quantized, images: torch.Tensor, order: list[str], batch: int, reuse_chained: bool):
@@ -189,7 +189,8 @@ class BlockInputs:
             with quantized.measures_paused():
                 inputs = (float_inputs, layer_inputs(quantized.model, name, self.images, self.batch))
         passes_on = quantized.at_output or name not in quantized.plans
-        self._previous = (runs or quantized.model.get_submodule(name), *inputs) if passes_on else None
+        runs = runs if runs is not None else quantized.model.get_submodule(name)
+        self._previous = (runs, *inputs) if passes_on else None
         self._previous_float_output = None
         return inputs
 
