@@ -199,17 +199,20 @@ def histogram_bins(bits: torch.Tensor, channels: int) -> int:
     return max(1 << 12, min(wanted, HISTOGRAM_CELLS // max(channels, 1)))
 
 
-def binned_values(rows: torch.Tensor, bins: int, chunk_elements: int = 1 << 22
+def binned_values(rows: torch.Tensor, bins: int, chunk_elements: int = 1 << 22,
+                  bounds: tuple[torch.Tensor, torch.Tensor] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's values summarised in ``bins`` equal bins over its [min, max]: the count n, sum S1
     and sum of squares S2 of the values in each bin, float64, (C, bins). Rows of at most ``bins``
     values are returned as they are (each value a bin of its own). Built in chunks of columns, so
-    memory stays at ``chunk_elements`` values whatever the tensor's size."""
+    memory stays at ``chunk_elements`` values whatever the tensor's size. ``bounds``: each row's
+    (min, max), (C,) each, where the caller has them already (else measured here)."""
     channels, count = rows.shape
     if count <= bins:
         values = rows.double()
         return torch.ones_like(values), values, values.square()
-    low, high = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
+    low, high = bounds if bounds is not None else (rows.amin(dim=1), rows.amax(dim=1))
+    low, high = low.unsqueeze(1), high.unsqueeze(1)
     width = ((high - low) / bins).clamp(min=torch.finfo(torch.float32).tiny)
     offsets = torch.arange(channels, device=rows.device).unsqueeze(1) * bins
     size = channels * bins
@@ -241,8 +244,8 @@ def measure_mse(rows: torch.Tensor, bits: torch.Tensor, non_negative: bool, chun
     (0.01, 0.02, ..., 1.0), the range of each within the data (``range_within_data``), its MSE
     measured on the binned values (``binned_quantization_mse``), the candidates of a chunk in one
     batched pass."""
-    binned = binned_values(rows, histogram_bins(bits, rows.shape[0]))
     minimum, maximum = rows.amin(dim=1), rows.amax(dim=1)
+    binned = binned_values(rows, histogram_bins(bits, rows.shape[0]), bounds=(minimum, maximum))
     mean = (rows.sum(dim=1, dtype=torch.float64) / rows.shape[1]).float()
     spread = maximum if non_negative else torch.maximum(maximum - mean, mean - minimum)
     fractions = (torch.arange(1, MSE_SEARCH_FRACTIONS + 1, dtype=torch.float32, device=rows.device)
