@@ -130,6 +130,15 @@ def chained_blocks(model: nn.Module, images: torch.Tensor, names: list[str]) -> 
     return chained
 
 
+def chained_in_both(quantized, images: torch.Tensor, order: list[str]) -> set[str]:
+    """The blocks of ``order`` chained (``chained_blocks``) in the float model and in the quantized
+    one alike."""
+    with quantized.float_model() as model:
+        chained = chained_blocks(model, images, order)
+    with quantized.measures_paused():
+        return chained & chained_blocks(quantized.model, images, order)
+
+
 def _batched(function, inputs: torch.Tensor, batch: int) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([function(inputs[start:start + batch]) for start in range(0, len(inputs), batch)])
@@ -161,12 +170,7 @@ class BlockInputs:
 
     def __init__(self, quantized, images: torch.Tensor, order: list[str], batch: int, reuse_chained: bool):
         self.quantized, self.images, self.batch = quantized, images, batch
-        self.chained: set[str] = set()
-        if reuse_chained:
-            with quantized.float_model() as model:
-                self.chained = chained_blocks(model, images, order)
-            with quantized.measures_paused():
-                self.chained &= chained_blocks(quantized.model, images, order)
+        self.chained = chained_in_both(quantized, images, order) if reuse_chained else set()
         self._previous: tuple[nn.Module, torch.Tensor, torch.Tensor] | None = None
         self._previous_float_output: torch.Tensor | None = None
 
@@ -294,13 +298,10 @@ def learning_units(quantized, images: torch.Tensor, blocks: dict[str, list[str]]
     if not options.joint_blocks:
         return [[name] for name in order]
     containers = [name for name in order if blocks[name] != [name]]
-    with quantized.float_model() as model:
-        joinable = chained_blocks(model, images, order)
-    with quantized.measures_paused():
-        joinable &= chained_blocks(quantized.model, images, order)
     errors = relative_output_errors(quantized.model, images, containers, options.batch, quantized.float_model,
                                     quantized.measures_paused, share)
-    return joint_units(order, errors, joinable & set(containers), options.joint_blocks)
+    joinable = chained_in_both(quantized, images, order) & set(containers)
+    return joint_units(order, errors, joinable, options.joint_blocks)
 
 
 def _unit_module(quantized, unit: list[str]) -> nn.Module:
